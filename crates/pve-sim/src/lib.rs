@@ -1,1 +1,3 @@
-//! tmp
+//! pve-sim: a stateful Proxmox VE API simulator.
+pub mod routes;
+pub mod spec;
