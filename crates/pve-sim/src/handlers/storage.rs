@@ -1,0 +1,244 @@
+//! Storage routes: status, content, delete, upload, download-url.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::qemu::{is_disk_key, parse_size};
+use crate::config::{StorageConfig, TaskKind};
+use crate::error::ApiError;
+use crate::propstring::PropString;
+use crate::state::{Shared, State, Volume, unix_now};
+
+/// Bytes used on `storage` of `node`: VM disks plus files.
+pub(super) fn used_bytes(st: &State, node: &str, storage: &str) -> u64 {
+    disk_volumes(st, node, storage)
+        .iter()
+        .map(|v| v.size)
+        .sum::<u64>()
+        + st.volumes
+            .get(&(node.to_owned(), storage.to_owned()))
+            .map_or(0, |v| v.iter().map(|v| v.size).sum())
+}
+
+/// VM disks on a storage, as content entries.
+fn disk_volumes(st: &State, node: &str, storage: &str) -> Vec<Volume> {
+    let mut out = Vec::new();
+    for vm in st.vms.values().filter(|v| v.node == node) {
+        for (k, v) in &vm.config {
+            if !is_disk_key(k) {
+                continue;
+            }
+            let p = PropString::parse(v);
+            let Some(file) = p.file() else { continue };
+            if file.split(':').next() != Some(storage) || file.contains(":iso/") {
+                continue;
+            }
+            out.push(Volume {
+                volid: file.to_owned(),
+                content: "images".into(),
+                format: "raw".into(),
+                size: p.get("size").and_then(parse_size).unwrap_or(0),
+                ctime: 0,
+            });
+        }
+    }
+    out
+}
+
+fn storage<'a>(shared: &'a Shared, ctx: &Ctx) -> Result<&'a StorageConfig, ApiError> {
+    let id = ctx.req("storage");
+    shared
+        .cfg
+        .storages
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| ApiError::internal(format!("storage '{id}' does not exist")))
+}
+
+/// PVE normalizes upload names: anything outside `[-_.a-zA-Z0-9]` becomes `_`.
+fn normalize_filename(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn volid_for(storage: &str, content: &str, filename: &str) -> String {
+    format!("{storage}:{content}/{filename}")
+}
+
+fn format_of(filename: &str) -> String {
+    filename
+        .rsplit_once('.')
+        .map_or("raw", |(_, e)| e)
+        .to_owned()
+}
+
+pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<Value, ApiError> {
+    let node = ctx.node().to_owned();
+    match (ctx.method.as_str(), ctx.route.path) {
+        ("GET", "/nodes/{node}/storage") => {
+            let content = ctx.str("content");
+            Ok(Value::Array(
+                shared.cfg.storages.iter()
+                    .filter(|s| content.is_none_or(|c| c.split(',').all(|c| s.content.iter().any(|x| x == c))))
+                    .filter(|s| ctx.str("storage").is_none_or(|x| x == s.id))
+                    .map(|s| {
+                        let used = used_bytes(st, &node, &s.id);
+                        json!({"storage": s.id, "type": s.kind, "content": s.content.join(","), "active": 1, "enabled": 1, "shared": s.shared as i64,
+                               "total": s.total, "used": used, "avail": s.total.saturating_sub(used), "used_fraction": used as f64 / s.total as f64})
+                    })
+                    .collect(),
+            ))
+        }
+        ("GET", "/nodes/{node}/storage/{storage}/content") => {
+            let s = storage(shared, ctx)?;
+            let mut vols = disk_volumes(st, &node, &s.id);
+            vols.extend(
+                st.volumes
+                    .get(&(node.clone(), s.id.clone()))
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            let content = ctx.str("content");
+            let vmid = ctx.int("vmid");
+            Ok(Value::Array(
+                vols.into_iter()
+                    .filter(|v| content.is_none_or(|c| c == v.content))
+                    .filter(|v| vmid.is_none_or(|id| v.volid.contains(&format!("-{id}-disk-"))))
+                    .map(|v| {
+                        let mut e = json!({"volid": v.volid, "content": v.content, "format": v.format, "size": v.size, "ctime": v.ctime});
+                        if let Some(id) = v.volid.split(['-', ':']).skip_while(|p| *p != "vm" && *p != "base").nth(1).and_then(|x| x.parse::<u32>().ok()) {
+                            e["vmid"] = json!(id);
+                        }
+                        e
+                    })
+                    .collect(),
+            ))
+        }
+        ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            let s = storage(shared, ctx)?.id.clone();
+            let volume = ctx.req("volume");
+            let volid = if volume.contains(':') {
+                volume.to_owned()
+            } else {
+                format!("{s}:{volume}")
+            };
+            if disk_volumes(st, &node, &s).iter().any(|v| v.volid == volid) {
+                return Err(ApiError::internal(format!(
+                    "unable to delete '{volid}' - volume is still in use"
+                )));
+            }
+            let list = st.volumes.entry((node.clone(), s)).or_default();
+            let before = list.len();
+            list.retain(|v| v.volid != volid);
+            if list.len() == before {
+                return Err(ApiError::internal(format!(
+                    "volume '{volid}' does not exist"
+                )));
+            }
+            Ok(Value::Null)
+        }
+        ("POST", "/nodes/{node}/storage/{storage}/upload") => {
+            let s = storage(shared, ctx)?.clone();
+            let content = ctx.req("content").to_owned();
+            if !s.content.contains(&content) {
+                return Err(ApiError::internal(format!(
+                    "storage '{}' does not support content-type '{content}'",
+                    s.id
+                )));
+            }
+            let Some(up) = &ctx.upload else {
+                return Err(ApiError::internal("missing temporary file name"));
+            };
+            let filename = normalize_filename(ctx.req("filename"));
+            if let Some(algo) = ctx.str("checksum-algorithm") {
+                let want = ctx.str("checksum").unwrap_or_default().to_ascii_lowercase();
+                let got = up.digests.get(algo).cloned().unwrap_or_default();
+                if want != got {
+                    let msg = format!("checksum mismatch: got '{got}' != expect '{want}'");
+                    return Ok(Value::String(
+                        st.failed_task(shared, &node, &ctx.user, "imgcopy", "", msg),
+                    ));
+                }
+            }
+            let vol = Volume {
+                volid: volid_for(&s.id, &content, &filename),
+                content,
+                format: format_of(&filename),
+                size: up.size,
+                ctime: unix_now(),
+            };
+            let key = (node.clone(), s.id.clone());
+            let upid = st.spawn_task(
+                shared,
+                &node,
+                &ctx.user,
+                TaskKind::Upload,
+                "imgcopy",
+                "",
+                None,
+                Box::new(move |st| {
+                    let list = st.volumes.entry(key).or_default();
+                    list.retain(|v| v.volid != vol.volid);
+                    let line = format!("target file: {}", vol.volid);
+                    list.push(vol);
+                    Ok(vec![line])
+                }),
+            );
+            Ok(Value::String(upid))
+        }
+        ("POST", "/nodes/{node}/storage/{storage}/download-url") => {
+            let s = storage(shared, ctx)?.clone();
+            let content = ctx.req("content").to_owned();
+            if !s.content.contains(&content) {
+                return Err(ApiError::internal(format!(
+                    "storage '{}' does not support content-type '{content}'",
+                    s.id
+                )));
+            }
+            let filename = normalize_filename(ctx.req("filename"));
+            let url = ctx.req("url").to_owned();
+            let vol = Volume {
+                volid: volid_for(&s.id, &content, &filename),
+                content,
+                format: format_of(&filename),
+                size: 512 << 20,
+                ctime: unix_now(),
+            };
+            let key = (node.clone(), s.id.clone());
+            // The simulator has no network: the "download" produces a file of a plausible size.
+            let upid = st.spawn_task(
+                shared,
+                &node,
+                &ctx.user,
+                TaskKind::Download,
+                "download",
+                "",
+                None,
+                Box::new(move |st| {
+                    let list = st.volumes.entry(key).or_default();
+                    list.retain(|v| v.volid != vol.volid);
+                    let lines = vec![
+                        format!("downloading {url} to {}", vol.volid),
+                        "download of URL finished".into(),
+                    ];
+                    list.push(vol);
+                    Ok(lines)
+                }),
+            );
+            Ok(Value::String(upid))
+        }
+        (m, r) => Err(ApiError::new(
+            501,
+            format!("Method '{m} {r}' not implemented"),
+        )),
+    }
+}
