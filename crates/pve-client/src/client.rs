@@ -587,11 +587,11 @@ fn map_reqwest(method: &'static str, path: &str, e: reqwest::Error) -> Error {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
     let mut chain = Vec::new();
     while let Some(s) = src {
-        if s.downcast_ref::<rustls::Error>().is_some() {
+        if let Some(tls) = find_rustls(s) {
             return Error::Tls {
                 method,
                 path: path.into(),
-                message: s.to_string(),
+                message: tls.to_string(),
             };
         }
         chain.push(s.to_string());
@@ -617,6 +617,16 @@ fn map_reqwest(method: &'static str, path: &str, e: reqwest::Error) -> Error {
         path: path.into(),
         message: detail,
     }
+}
+
+/// The rustls error inside `e`, if any. `io::Error` does not expose the error it wraps through
+/// `source()`, so look inside it explicitly.
+fn find_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_rustls(inner)
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(method: Method, path: &str, data: Value) -> Result<T> {

@@ -940,7 +940,8 @@ fn clone(
     if let Some(pool) = ctx.str("pool") {
         st.pools.entry(pool.into()).or_default().vms.push(newid);
     }
-    // PVE names the *source* in a clone's UPID.
+    // PVE names the *source* in a clone's UPID. The target is protected by its `lock: clone`
+    // config entry, not by holding the config-file lock for the whole copy.
     upid_value(st.spawn_task(
         shared,
         node,
@@ -948,7 +949,7 @@ fn clone(
         TaskKind::Clone,
         "qmclone",
         &vmid.to_string(),
-        Some(newid),
+        None,
         Box::new(move |st| {
             let vm = st.vms.get_mut(&newid).ok_or("clone target vanished")?;
             vm.config.remove("lock");
