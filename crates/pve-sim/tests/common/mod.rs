@@ -1,0 +1,116 @@
+//! A deliberately tiny raw HTTP client for the simulator's own tests: they must not depend on
+//! pve-client, so a bug shared by both cannot hide.
+
+#![allow(dead_code)]
+
+use pve_sim::{PveSim, SimConfig, VmSeed};
+use serde_json::Value;
+
+/// A logged-in raw client.
+pub struct Raw {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub ticket: String,
+    pub csrf: String,
+}
+
+/// What one request answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn message(&self) -> String {
+        self.body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+    pub fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    // reqwest is built without a default crypto provider; install ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().build().unwrap()
+}
+
+pub async fn sim() -> PveSim {
+    let sim = PveSim::start(SimConfig::new().plain_http()).await.unwrap();
+    sim.add_vm(VmSeed::template(9000, "tpl"));
+    sim
+}
+
+impl Raw {
+    pub async fn login(sim: &PveSim) -> Raw {
+        let http = http();
+        let base = format!("{}/api2/json", sim.url());
+        let r: Value = http
+            .post(format!("{base}/access/ticket"))
+            .form(&[("username", "root@pam"), ("password", "secret")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Raw {
+            http,
+            base,
+            ticket: r["data"]["ticket"].as_str().unwrap().into(),
+            csrf: r["data"]["CSRFPreventionToken"].as_str().unwrap().into(),
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, params: &[(&str, &str)]) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self
+            .http
+            .request(m, &url)
+            .header("Cookie", format!("PVEAuthCookie={}", self.ticket));
+        if method != "GET" {
+            req = req.header("CSRFPreventionToken", &self.csrf);
+        }
+        req = if method == "GET" || method == "DELETE" {
+            req.query(params)
+        } else {
+            req.form(params)
+        };
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        Answer { status, body }
+    }
+
+    /// Polls a task to its end (the simulator's instant profile ends tasks before answering).
+    pub async fn task_exit(&self, upid: &str) -> String {
+        let node = upid.split(':').nth(1).unwrap();
+        let a = self
+            .call(
+                "GET",
+                &format!("/nodes/{node}/tasks/{}/status", urlencode(upid)),
+                &[],
+            )
+            .await;
+        assert_eq!(a.data()["status"], "stopped", "instant profile: {a:?}");
+        a.data()["exitstatus"].as_str().unwrap().to_owned()
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
