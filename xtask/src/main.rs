@@ -14,26 +14,50 @@ use xshell::{Shell, cmd};
 const FAKEPVE: &str = "fakepve[crypto]==0.5.0";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn fakepve_venv(sh: &Shell, force: bool) -> Result<()> {
     let venv = root().join(".venv-fakepve");
     let python = venv.join("bin/python");
-    if !force && python.exists() && cmd!(sh, "{python} -c 'import fakepve'").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+    if !force
+        && python.exists()
+        && cmd!(sh, "{python} -c 'import fakepve'")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+    {
         return Ok(());
     }
-    let py = ["python3", "python"].into_iter().find(|p| cmd!(sh, "{p} --version").quiet().ignore_stdout().ignore_stderr().run().is_ok()).context("python3 is needed for the fakepve tests")?;
+    let py = ["python3", "python"]
+        .into_iter()
+        .find(|p| {
+            cmd!(sh, "{p} --version")
+                .quiet()
+                .ignore_stdout()
+                .ignore_stderr()
+                .run()
+                .is_ok()
+        })
+        .context("python3 is needed for the fakepve tests")?;
     eprintln!("xtask: creating {} with {FAKEPVE}", venv.display());
     cmd!(sh, "{py} -m venv {venv}").run()?;
     let pip = venv.join("bin/pip");
     // pip must reach PyPI: lift the blackhole proxy CI sets so nothing else phones home.
-    cmd!(sh, "{pip} install --quiet --disable-pip-version-check {FAKEPVE}")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("https_proxy")
-        .env_remove("http_proxy")
-        .run()?;
+    cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {FAKEPVE}"
+    )
+    .env_remove("HTTPS_PROXY")
+    .env_remove("HTTP_PROXY")
+    .env_remove("https_proxy")
+    .env_remove("http_proxy")
+    .run()?;
     Ok(())
 }
 
@@ -52,7 +76,11 @@ fn main() -> Result<()> {
             cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
         }
         Some("bench") => {
-            cmd!(sh, "cargo run --release --quiet -p pve-client --example flow_cost").run()?;
+            cmd!(
+                sh,
+                "cargo run --release --quiet -p pve-client --example flow_cost"
+            )
+            .run()?;
         }
         Some("fakepve") => fakepve_venv(&sh, true)?,
         other => bail!("unknown task {other:?}; try: test, lint, bench, fakepve"),
