@@ -35,6 +35,8 @@ pub(crate) async fn serve(
             r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
             _ = shutdown.changed() => return,
         };
+        // Without TCP_NODELAY small responses wait for the peer's delayed ACK (~40 ms).
+        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
         let mut stop = shutdown.clone();
