@@ -90,8 +90,8 @@ pub enum Error {
     /// A task ended with anything but `OK` (or `WARNINGS: N`).
     #[error("task {upid} failed: {exitstatus}")]
     Task {
-        /// The task.
-        upid: Upid,
+        /// The task (boxed: a UPID is large and errors should stay small).
+        upid: Box<Upid>,
         /// PVE's exit status, i.e. the error message.
         exitstatus: String,
         /// The last lines of the task log.
@@ -100,8 +100,8 @@ pub enum Error {
     /// A task was still running when the caller's deadline passed.
     #[error("task {upid} still running after {waited:?}")]
     TaskTimeout {
-        /// The task.
-        upid: Upid,
+        /// The task (boxed: a UPID is large and errors should stay small).
+        upid: Box<Upid>,
         /// How long we waited.
         waited: Duration,
     },

@@ -69,7 +69,7 @@ impl PveClient {
                     .clone()
                     .unwrap_or_else(|| "unknown error".into());
                 return Err(Error::Task {
-                    upid: upid.clone(),
+                    upid: Box::new(upid.clone()),
                     exitstatus,
                     log_tail: self.log_tail(upid, opts.log_tail).await,
                 });
@@ -77,7 +77,7 @@ impl PveClient {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::TaskTimeout {
-                    upid: upid.clone(),
+                    upid: Box::new(upid.clone()),
                     waited: now - started,
                 });
             }

@@ -202,13 +202,13 @@ pub fn routes() -> &'static [Route] {
     })
 }
 
+/// Values of a path's `{placeholders}`, in order.
+pub type PathVars = Vec<(String, String)>;
+
 /// Finds the route for `method` and concrete `path`; returns it with the path placeholders'
 /// values. `Err(true)` when the path exists with another method (PVE: 501), `Err(false)` when
 /// no such path exists.
-pub fn find_route(
-    method: &str,
-    path: &str,
-) -> Result<(&'static Route, Vec<(String, String)>), bool> {
+pub fn find_route(method: &str, path: &str) -> Result<(&'static Route, PathVars), bool> {
     let segs: Vec<String> = path
         .trim_start_matches('/')
         .trim_end_matches('/')

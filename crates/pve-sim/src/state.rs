@@ -158,6 +158,9 @@ pub struct State {
     boot: Instant,
 }
 
+/// What a task does when its modelled time is up: log lines on success, the error otherwise.
+pub type TaskEffect = Box<dyn FnOnce(&mut State) -> Result<Vec<String>, String> + Send>;
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -244,7 +247,7 @@ impl State {
         worker: &str,
         id: &str,
         flock_vm: Option<u32>,
-        effect: Box<dyn FnOnce(&mut State) -> Result<Vec<String>, String> + Send>,
+        effect: TaskEffect,
     ) -> String {
         self.next_pid += 1;
         let pid = self.next_pid;

@@ -114,7 +114,7 @@ pub(super) fn fmt_size(bytes: u64) -> String {
         ("M", 1 << 20),
         ("K", 1 << 10),
     ] {
-        if bytes >= m && bytes % m == 0 {
+        if bytes >= m && bytes.is_multiple_of(m) {
             return format!("{}{unit}", bytes / m);
         }
     }
@@ -245,9 +245,8 @@ fn normalize(
                 None => return Err(ApiError::internal(format!("can't find file '{src}'"))),
             }
         }
-        if key == "efidisk0" {
-            bytes = 4 << 20;
-        } else if key == "tpmstate0" {
+        // EFI vars and TPM state have fixed sizes whatever the request says.
+        if key == "efidisk0" || key == "tpmstate0" {
             bytes = 4 << 20;
         }
         let mut idx = next_disk_index(st, node, storage, vmid);
@@ -545,13 +544,13 @@ fn create(
     user: &str,
 ) -> Result<Value, ApiError> {
     let vmid = ctx.vmid();
-    if let Some(existing) = st.vms.get(&vmid) {
-        if !ctx.flag("force") || existing.node != node {
-            return Err(ApiError::internal(format!(
-                "VM {vmid} already exists on node '{}'",
-                existing.node
-            )));
-        }
+    if let Some(existing) = st.vms.get(&vmid)
+        && (!ctx.flag("force") || existing.node != node)
+    {
+        return Err(ApiError::internal(format!(
+            "VM {vmid} already exists on node '{}'",
+            existing.node
+        )));
     }
     if let Some(pool) = ctx.str("pool")
         && !st.pools.contains_key(pool)
