@@ -31,19 +31,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .build()?;
         let node = pve.node("pve1");
         let id = Vmid(1000 + i);
-        pve.wait_task(&node.qemu(Vmid(9000)).clone_vm(&CloneOptions::new(id)).await?, wait).await?;
+        pve.wait_task(
+            &node
+                .qemu(Vmid(9000))
+                .clone_vm(&CloneOptions::new(id))
+                .await?,
+            wait,
+        )
+        .await?;
         let vm = node.qemu(id);
         pve.wait_task(&vm.start().await?, wait).await?;
         pve.wait_task(&vm.stop().await?, wait).await?;
-        pve.wait_task(&vm.destroy(DestroyOptions::thorough()).await?, wait).await?;
+        pve.wait_task(&vm.destroy(DestroyOptions::thorough()).await?, wait)
+            .await?;
         times.push(started.elapsed());
         calls = sim.requests().total();
     }
     times.sort();
     let mean = times.iter().sum::<Duration>() / RUNS;
-    println!("flow: login, clone, start, wait, stop, destroy (instant pve-sim, HTTPS, new client and TLS handshake each run)");
+    println!(
+        "flow: login, clone, start, wait, stop, destroy (instant pve-sim, HTTPS, new client and TLS handshake each run)"
+    );
     println!("  REST calls per flow: {calls}");
-    println!("  wall time over {RUNS} runs: mean {mean:?}, p50 {:?}, p95 {:?}, max {:?}", times[times.len() / 2], times[times.len() * 95 / 100], times[times.len() - 1]);
+    println!(
+        "  wall time over {RUNS} runs: mean {mean:?}, p50 {:?}, p95 {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() * 95 / 100],
+        times[times.len() - 1]
+    );
     let counts = sim.requests().counts();
     for (route, n) in counts {
         println!("    {n:>2} × {route}");
