@@ -87,3 +87,97 @@ fn main() -> Result<()> {
     }
     Ok(())
 }
+
+/// Checks `cargo test` makes on the tree itself (habit: what CI checks, tests check).
+#[cfg(test)]
+mod tidy {
+    use super::root;
+    use std::fs;
+    use std::path::Path;
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    #[test]
+    fn every_module_opens_with_a_doc_comment() {
+        let mut files = Vec::new();
+        for c in fs::read_dir(root().join("crates")).unwrap().flatten() {
+            let src = c.path().join("src");
+            if src.is_dir() {
+                rust_files(&src, &mut files);
+            }
+        }
+        assert!(files.len() > 10, "found only {} files", files.len());
+        let missing: Vec<_> = files
+            .iter()
+            .filter(|f| {
+                !fs::read_to_string(f)
+                    .unwrap()
+                    .trim_start()
+                    .starts_with("//!")
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "modules without a `//!` doc line: {missing:#?}"
+        );
+    }
+
+    /// Our own crates a package depends on (normal dependencies only, not dev).
+    fn our_deps(manifest: &str) -> Vec<String> {
+        let mut in_deps = false;
+        let mut out = Vec::new();
+        for line in manifest.lines() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                in_deps = t == "[dependencies]";
+                continue;
+            }
+            if in_deps && let Some(name) = t.split(['.', ' ', '=']).next() {
+                let n = name.trim();
+                if [
+                    "pve-client",
+                    "pve-sim",
+                    "pve-sdn",
+                    "guest-agent",
+                    "pvesandbox-pool",
+                    "pvesandbox-templates",
+                    "pvesandbox",
+                ]
+                .contains(&n)
+                {
+                    out.push(n.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn dependencies_flow_one_way() {
+        let read =
+            |c: &str| fs::read_to_string(root().join("crates").join(c).join("Cargo.toml")).unwrap();
+        assert!(
+            our_deps(&read("pve-client")).is_empty(),
+            "pve-client sits at the bottom"
+        );
+        assert!(
+            our_deps(&read("pve-sim")).is_empty(),
+            "pve-sim shares no code with the client it tests"
+        );
+        assert_eq!(
+            our_deps(
+                "[dependencies]\npve-client.workspace = true\n[dev-dependencies]\npve-sim.workspace = true\n"
+            ),
+            ["pve-client"]
+        );
+    }
+}
