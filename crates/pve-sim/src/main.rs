@@ -1,1 +1,2 @@
+//! pve-sim command-line entry point.
 fn main() {}

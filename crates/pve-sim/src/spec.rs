@@ -13,6 +13,8 @@
 //!   for a `key=value,...` property string), `items=` (array item type), `count=` (how many
 //!   wire names an indexed `NAME[n]` parameter has: `net[n] ... count=32` accepts `net0..net31`),
 //!   and `pattern=` (must be last: the regex runs to the end of the line).
+//! - for an `array`, `minlen=`, `maxlen=`, `format=` and `pattern=` apply to each item.
+//! - blank lines and lines starting with `#` (comments) are skipped.
 //!
 //! The table is ours, written from what PVE accepts. A test (`tests/schema_contract.rs`) reads
 //! the official schema from `../shared/pve-api` and fails on any difference in route, method,
@@ -202,13 +204,13 @@ pub fn routes() -> &'static [Route] {
     })
 }
 
+/// Values of a path's `{placeholders}`, in order.
+pub type PathVars = Vec<(String, String)>;
+
 /// Finds the route for `method` and concrete `path`; returns it with the path placeholders'
 /// values. `Err(true)` when the path exists with another method (PVE: 501), `Err(false)` when
 /// no such path exists.
-pub fn find_route(
-    method: &str,
-    path: &str,
-) -> Result<(&'static Route, Vec<(String, String)>), bool> {
+pub fn find_route(method: &str, path: &str) -> Result<(&'static Route, PathVars), bool> {
     let segs: Vec<String> = path
         .trim_start_matches('/')
         .trim_end_matches('/')
