@@ -13,6 +13,8 @@
 //!   for a `key=value,...` property string), `items=` (array item type), `count=` (how many
 //!   wire names an indexed `NAME[n]` parameter has: `net[n] ... count=32` accepts `net0..net31`),
 //!   and `pattern=` (must be last: the regex runs to the end of the line).
+//! - for an `array`, `minlen=`, `maxlen=`, `format=` and `pattern=` apply to each item.
+//! - blank lines and lines starting with `#` (comments) are skipped.
 //!
 //! The table is ours, written from what PVE accepts. A test (`tests/schema_contract.rs`) reads
 //! the official schema from `../shared/pve-api` and fails on any difference in route, method,
