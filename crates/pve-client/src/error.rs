@@ -165,6 +165,25 @@ impl Error {
         }
     }
 
+    /// True when PVE refused to create something because its id is taken: `unable to create VM
+    /// 101: config file already exists`, `VM 101 already exists on node 'pve1'`, `pool 'x'
+    /// already exists`. VM-id allocation relies on this: create, and move on when it is true.
+    pub fn is_already_exists(&self) -> bool {
+        match self {
+            Error::Api {
+                status: 500,
+                message,
+                ..
+            } => message.contains("already exists"),
+            Error::Api {
+                status: 400,
+                errors,
+                ..
+            } => errors.values().any(|m| m.contains("already exists")),
+            _ => false,
+        }
+    }
+
     /// True for 403 `Permission check failed`.
     pub fn is_permission_denied(&self) -> bool {
         matches!(self, Error::Api { status: 403, .. })
