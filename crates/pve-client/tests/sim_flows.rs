@@ -183,7 +183,7 @@ async fn create_allocates_disks_and_macs() {
         .await
         .unwrap_err();
     assert_eq!(e.status(), Some(500));
-    assert!(e.to_string().contains("already exists"), "{e}");
+    assert!(e.is_already_exists(), "{e}");
     let content = node.storage("local-lvm").content(None).await.unwrap();
     assert!(
         content
@@ -315,6 +315,7 @@ async fn linked_clone_rules() {
         e.pve_message(),
         Some("unable to create VM 101: config file already exists")
     );
+    assert!(e.is_already_exists());
     // A template with linked clones cannot be destroyed.
     let linked = clone_and_wait(&pve, 102).await;
     let upid = pve
