@@ -3,7 +3,8 @@
 //! - `cargo xtask test`  — what CI runs: sets up the fakepve venv if missing, then
 //!   `cargo test --workspace` (fakepve and schema tests fail loudly when `CI` is set).
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
-//! - `cargo xtask bench` — release-mode figures (REST calls and wall time of the core flow).
+//! - `cargo xtask bench [client|pool]` — release-mode figures: REST calls and wall time of the
+//!   core flow; leases per second and acquire latency of the pool.
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
 
 use anyhow::{Context, Result, bail};
@@ -76,11 +77,21 @@ fn main() -> Result<()> {
             cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings").run()?;
         }
         Some("bench") => {
-            cmd!(
-                sh,
-                "cargo run --release --quiet -p pve-client --example flow_cost"
-            )
-            .run()?;
+            let which = args.get(1).map(String::as_str).unwrap_or("all");
+            if matches!(which, "all" | "client") {
+                cmd!(
+                    sh,
+                    "cargo run --release --quiet -p pve-client --example flow_cost"
+                )
+                .run()?;
+            }
+            if matches!(which, "all" | "pool") {
+                cmd!(
+                    sh,
+                    "cargo run --release --quiet -p pvesandbox-pool --example lease_bench"
+                )
+                .run()?;
+            }
         }
         Some("fakepve") => fakepve_venv(&sh, true)?,
         other => bail!("unknown task {other:?}; try: test, lint, bench, fakepve"),
