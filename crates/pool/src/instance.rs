@@ -104,19 +104,28 @@ async fn probe(client: &PveClient, cfg: &InstanceConfig) -> Result<InstanceInfo,
         .version()
         .await
         .map_err(|e| fail(format!("GET /version: {e}")))?;
+    // One call for every node's live load: /cluster/resources (type node) carries status,
+    // memory and CPUs, cluster-wide.
     let nodes = client
-        .nodes()
+        .cluster_resources(Some("node"))
         .await
-        .map_err(|e| fail(format!("GET /nodes: {e}")))?;
-    let node = nodes.iter().find(|n| n.node == cfg.node).ok_or_else(|| {
-        fail(format!(
-            "node {:?} is not in the cluster (nodes: {:?}); fix `node`",
-            cfg.node,
-            nodes.iter().map(|n| &n.node).collect::<Vec<_>>()
-        ))
-    })?;
-    if node.status != "online" {
-        return Err(fail(format!("node {:?} is {}", cfg.node, node.status)));
+        .map_err(|e| fail(format!("GET /cluster/resources: {e}")))?;
+    let node = nodes
+        .iter()
+        .find(|n| n.node.as_deref() == Some(cfg.node.as_str()))
+        .ok_or_else(|| {
+            fail(format!(
+                "node {:?} is not in the cluster (nodes: {:?}); fix `node`",
+                cfg.node,
+                nodes
+                    .iter()
+                    .filter_map(|n| n.node.as_deref())
+                    .collect::<Vec<_>>()
+            ))
+        })?;
+    let status = node.status.as_deref().unwrap_or("unknown");
+    if status != "online" {
+        return Err(fail(format!("node {:?} is {status}", cfg.node)));
     }
     let storages = client
         .node(&cfg.node)
@@ -143,7 +152,7 @@ async fn probe(client: &PveClient, cfg: &InstanceConfig) -> Result<InstanceInfo,
         version: version.version,
         node_ram_mb: node.maxmem.unwrap_or(0) >> 20,
         node_ram_used_mb: node.mem.unwrap_or(0) >> 20,
-        node_cpus: node.maxcpu.unwrap_or(0),
+        node_cpus: node.maxcpu.unwrap_or(0.0) as u32,
         storages: names,
     })
 }
