@@ -5,6 +5,7 @@
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask bench [client|pool]` — release-mode figures: REST calls and wall time of the
 //!   core flow; leases per second and acquire latency of the pool.
+//! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
 
 use anyhow::{Context, Result, bail};
@@ -93,8 +94,9 @@ fn main() -> Result<()> {
                 .run()?;
             }
         }
+        Some("venv") => fakepve_venv(&sh, false)?,
         Some("fakepve") => fakepve_venv(&sh, true)?,
-        other => bail!("unknown task {other:?}; try: test, lint, bench, fakepve"),
+        other => bail!("unknown task {other:?}; try: test, lint, bench, venv, fakepve"),
     }
     Ok(())
 }
