@@ -29,6 +29,7 @@
 mod config;
 mod error;
 mod faults;
+pub mod guest;
 mod handlers;
 mod log;
 mod propstring;
