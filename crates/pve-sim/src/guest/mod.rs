@@ -54,8 +54,11 @@ impl QgaError {
 pub trait Guest: Send + Sync + 'static {
     /// Runs one QGA command (`"guest-exec"`, `"guest-file-read"`, ...) with its `arguments`
     /// object and resolves to the command's `return` value.
-    fn execute<'a>(&'a self, command: &'a str, arguments: Value)
-    -> BoxFuture<'a, Result<Value, QgaError>>;
+    fn execute<'a>(
+        &'a self,
+        command: &'a str,
+        arguments: Value,
+    ) -> BoxFuture<'a, Result<Value, QgaError>>;
 
     /// Ends everything running in the guest (power off). Later commands fail with
     /// [`QgaError::Unavailable`].
