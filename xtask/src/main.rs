@@ -3,8 +3,9 @@
 //! - `cargo xtask test`  — what CI runs: sets up the fakepve venv if missing, then
 //!   `cargo test --workspace` (fakepve and schema tests fail loudly when `CI` is set).
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
-//! - `cargo xtask bench [client|pool]` — release-mode figures: REST calls and wall time of the
-//!   core flow; leases per second and acquire latency of the pool.
+//! - `cargo xtask bench [client|agent|pool]` — release-mode figures: REST calls and wall time of
+//!   the core flow; REST calls and p50/p99 of guest-agent exec and file transfers; leases per
+//!   second and acquire latency of the pool.
 //! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
 
@@ -83,6 +84,13 @@ fn main() -> Result<()> {
                 cmd!(
                     sh,
                     "cargo run --release --quiet -p pve-client --example flow_cost"
+                )
+                .run()?;
+            }
+            if matches!(which, "all" | "agent") {
+                cmd!(
+                    sh,
+                    "cargo run --release --quiet -p guest-agent --example agent_bench"
                 )
                 .run()?;
             }
@@ -186,6 +194,13 @@ mod tidy {
             our_deps(&read("pve-sim")).is_empty(),
             "pve-sim shares no code with the client it tests"
         );
+        for lib in ["guest-agent", "pool"] {
+            assert_eq!(
+                our_deps(&read(lib)),
+                ["pve-client"],
+                "{lib} is a library over pve-client alone"
+            );
+        }
         assert_eq!(
             our_deps(
                 "[dependencies]\npve-client.workspace = true\n[dev-dependencies]\npve-sim.workspace = true\n"

@@ -256,11 +256,18 @@ impl PveClientBuilder {
             Credentials::Password { .. } => None,
         };
         let tls = crate::tls::client_config(&self.tls)?;
+        let mut headers = self.headers;
+        // pveproxy gzips large bodies for clients that accept it, and a gzipped stream of
+        // incompressible data (agent file-read) can break off mid-way with 596/597. Say so
+        // explicitly rather than rely on reqwest's feature flags.
+        headers
+            .entry(reqwest::header::ACCEPT_ENCODING)
+            .or_insert(HeaderValue::from_static("identity"));
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout)
-            .default_headers(self.headers)
+            .default_headers(headers)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("pve-client/", env!("CARGO_PKG_VERSION")))
