@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{self, Error, Result};
 use crate::shell::{Script, single_quote};
 use crate::wire;
-use crate::{GuestAgent, READ_PAGE, WRITE_CHUNK};
+use crate::{ExecRequest, GuestAgent, READ_PAGE, WRITE_CHUNK};
 
 /// Pages read through exec on old PVE: under QGA's 16 MiB output capture.
 const EXEC_PAGE: u64 = 15 * 1024 * 1024;
@@ -55,6 +55,9 @@ impl GuestAgent {
     /// parent that cannot be created), [`Error::Corrupted`], [`Error::AgentUnavailable`].
     pub async fn write_file(&self, path: &str, contents: &[u8]) -> Result<()> {
         let abs = self.resolve(path);
+        if let Some(user) = self.inner.file_user.clone() {
+            return self.write_file_as(&user, path, &abs, contents).await;
+        }
         if contents.is_empty() {
             return self.assemble(path, &abs, None, contents).await;
         }
@@ -159,6 +162,9 @@ impl GuestAgent {
     pub async fn read_file(&self, path: &str, limit: Option<u64>) -> Result<Vec<u8>> {
         let abs = self.resolve(path);
         let limit = limit.unwrap_or(u64::MAX);
+        if let Some(user) = self.inner.file_user.clone() {
+            return self.read_file_as(&user, path, &abs, limit).await;
+        }
         let mut out: Vec<u8> = Vec::new();
         loop {
             let have = out.len() as u64;
@@ -206,6 +212,88 @@ impl GuestAgent {
             };
             let n = page.len() as u64;
             out.extend_from_slice(&page);
+            if out.len() as u64 > limit {
+                return Err(Error::OutputLimit {
+                    path: path.into(),
+                    limit,
+                });
+            }
+            if n < want {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// A write as `user`: the contents are the stdin of `cat` run as that user, so the kernel
+    /// checks that user's permissions; size checked afterwards.
+    async fn write_file_as(
+        &self,
+        user: &str,
+        path: &str,
+        abs: &str,
+        contents: &[u8],
+    ) -> Result<()> {
+        let script = "if [ -d \"$1\" ]; then echo \"$1: Is a directory\" >&2; exit 1; fi\n\
+                      mkdir -p -- \"$2\" 2>/dev/null\n\
+                      cat > \"$1\" && wc -c < \"$1\"";
+        let out = self
+            .exec(
+                &ExecRequest::new([
+                    b"sh".as_slice(),
+                    b"-c",
+                    script.as_bytes(),
+                    b"sh",
+                    abs.as_bytes(),
+                    parent(abs).as_bytes(),
+                ])
+                .user(user)
+                .stdin(contents.to_vec()),
+            )
+            .await?;
+        if out.status != 0 {
+            return Err(classify_stderr(&out.stderr, path, "write"));
+        }
+        let size: Option<usize> = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+        if size != Some(contents.len()) {
+            return Err(Error::Corrupted {
+                path: path.into(),
+                detail: format!("sent {} bytes, guest has {size:?}", contents.len()),
+            });
+        }
+        Ok(())
+    }
+
+    /// A read as `user`, paged through exec output (under QGA's 16 MiB capture).
+    async fn read_file_as(&self, user: &str, path: &str, abs: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let have = out.len() as u64;
+            let want = EXEC_PAGE.min(limit.saturating_sub(have).saturating_add(1));
+            // Checks first so the error names the real cause, as open(2) would.
+            let script = "if [ ! -e \"$1\" ]; then echo \"$1: No such file or directory\" >&2; exit 1; fi\n\
+                          if [ -d \"$1\" ]; then echo \"$1: Is a directory\" >&2; exit 1; fi\n\
+                          tail -c +\"$2\" -- \"$1\" | head -c \"$3\"";
+            let from = (have + 1).to_string();
+            let count = want.to_string();
+            let page = self
+                .exec(
+                    &ExecRequest::new([
+                        b"sh".as_slice(),
+                        b"-c",
+                        script.as_bytes(),
+                        b"sh",
+                        abs.as_bytes(),
+                        from.as_bytes(),
+                        count.as_bytes(),
+                    ])
+                    .user(user),
+                )
+                .await?;
+            if page.status != 0 || !page.stderr.is_empty() {
+                return Err(classify_stderr(&page.stderr, path, "read"));
+            }
+            let n = page.stdout.len() as u64;
+            out.extend_from_slice(&page.stdout);
             if out.len() as u64 > limit {
                 return Err(Error::OutputLimit {
                     path: path.into(),

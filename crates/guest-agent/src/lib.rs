@@ -70,6 +70,8 @@ struct Inner {
     workdir: String,
     tmpdir: String,
     upload_concurrency: usize,
+    /// Files are read and written as this user (through exec) instead of the agent's root.
+    file_user: Option<String>,
     /// When to send the first `exec-status` poll, learned from recent commands (µs).
     first_poll_us: AtomicU64,
     /// Whether `file-read` takes `offset`/`count`/`decode`: 0 unknown, 1 yes, 2 no.
@@ -139,6 +141,7 @@ impl GuestAgent {
                 workdir: "/root".into(),
                 tmpdir: "/tmp".into(),
                 upload_concurrency: 8,
+                file_user: None,
                 first_poll_us: AtomicU64::new(1000),
                 paged_reads: AtomicU8::new(0),
             }),
@@ -153,6 +156,7 @@ impl GuestAgent {
             workdir: shared.workdir.clone(),
             tmpdir: shared.tmpdir.clone(),
             upload_concurrency: shared.upload_concurrency,
+            file_user: shared.file_user.clone(),
             first_poll_us: AtomicU64::new(shared.first_poll_us.load(Ordering::Relaxed)),
             paged_reads: AtomicU8::new(shared.paged_reads.load(Ordering::Relaxed)),
         });
@@ -177,6 +181,14 @@ impl GuestAgent {
     /// How many `file-write` chunks are in flight at once (default 8).
     pub fn upload_concurrency(self, n: usize) -> Self {
         self.with_inner(|i| i.upload_concurrency = n.max(1))
+    }
+
+    /// Read and write files as `user` rather than as the agent (root), so permissions apply
+    /// as they would to that user. Transfers then go through exec: a small file costs an exec
+    /// instead of a single `file-write`/`file-read`.
+    pub fn file_user(self, user: impl Into<String>) -> Self {
+        let user = user.into();
+        self.with_inner(|i| i.file_user = Some(user))
     }
 
     /// The VM id.
