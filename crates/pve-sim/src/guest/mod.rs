@@ -14,6 +14,10 @@
 //! - the VM's disk outlives power cycles: [`GuestFactory::clone_disk`] on clone,
 //!   [`GuestFactory::destroy_disk`] on destroy.
 
+mod canned;
+pub mod process;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,8 +58,11 @@ impl QgaError {
 pub trait Guest: Send + Sync + 'static {
     /// Runs one QGA command (`"guest-exec"`, `"guest-file-read"`, ...) with its `arguments`
     /// object and resolves to the command's `return` value.
-    fn execute<'a>(&'a self, command: &'a str, arguments: Value)
-    -> BoxFuture<'a, Result<Value, QgaError>>;
+    fn execute<'a>(
+        &'a self,
+        command: &'a str,
+        arguments: Value,
+    ) -> BoxFuture<'a, Result<Value, QgaError>>;
 
     /// Ends everything running in the guest (power off). Later commands fail with
     /// [`QgaError::Unavailable`].
@@ -69,6 +76,8 @@ pub struct BootSpec {
     pub vmid: u32,
     /// The VM's `name` (becomes the guest's hostname).
     pub name: String,
+    /// The VM's config as stored (`net0`, `memory`, ...), for backends that model hardware.
+    pub config: BTreeMap<String, String>,
 }
 
 /// Makes guests for VMs and keeps their disks between power cycles.
@@ -82,4 +91,11 @@ pub trait GuestFactory: Send + Sync + 'static {
 
     /// Forgets `vmid`'s disk. Idempotent.
     fn destroy_disk(&self, vmid: u32) -> BoxFuture<'_, std::io::Result<()>>;
+
+    /// Powers off every guest this factory booted and removes every disk, synchronously: the
+    /// simulator calls it from `Drop`, where nothing can be awaited. Later boots fail.
+    fn shutdown(&self) {}
 }
+
+pub(crate) use canned::CannedGuest;
+pub use process::{ProcessGuestFactory, ProcessGuestOptions};
