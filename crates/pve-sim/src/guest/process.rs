@@ -341,7 +341,15 @@ impl Factory {
         for m in live.iter().filter_map(Weak::upgrade) {
             m.kill_blocking();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The kernel tears a dead VM's mount namespace (and its overlay) down asynchronously;
+        // a removal racing that teardown fails with ENOTEMPTY/EBUSY, so it gets a few retries.
+        for _ in 0..50 {
+            if std::fs::remove_dir_all(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tracing::warn!(dir = %self.dir.display(), "could not remove the guest directory");
     }
 }
 
