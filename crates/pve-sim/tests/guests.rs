@@ -542,4 +542,17 @@ async fn trivial_exec_latency() {
         "exec + exec-status until exited: {:?} per command",
         t.elapsed() / n
     );
+    let t = Instant::now();
+    for _ in 0..5 {
+        let stop = "/nodes/pve1/qemu/100/status/stop";
+        e.raw.call("POST", stop, &[]).await;
+        e.raw
+            .call("POST", "/nodes/pve1/qemu/100/status/start", &[])
+            .await;
+        wait_agent(&e.raw, 100).await;
+    }
+    eprintln!(
+        "stop + start until the agent answers: {:?}",
+        t.elapsed() / 5
+    );
 }
