@@ -1,6 +1,19 @@
 //! How a simulator instance is set up: nodes, users, tokens, timings.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::guest::GuestFactory;
+
+/// The guest backend a simulator boots VMs with (see [`crate::guest`]).
+#[derive(Clone)]
+pub struct GuestBackend(pub Arc<dyn GuestFactory>);
+
+impl std::fmt::Debug for GuestBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuestBackend")
+    }
+}
 
 /// How long simulated tasks take.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,6 +140,10 @@ pub struct SimConfig {
     pub node_cpus: u32,
     /// Version string answered by `GET /version`.
     pub version: String,
+    /// What runs inside started VMs. `None`: an agent with canned answers to ping, info,
+    /// get-osinfo, get-host-name and network-get-interfaces that knows no exec or file
+    /// commands (PVE then answers `Agent error: The command guest-exec has not been found`).
+    pub guests: Option<GuestBackend>,
 }
 
 impl SimConfig {
@@ -164,6 +181,7 @@ impl SimConfig {
             node_memory: 64 << 30,
             node_cpus: 16,
             version: "9.2.3".into(),
+            guests: None,
         }
     }
 
@@ -186,6 +204,20 @@ impl SimConfig {
     pub fn ticket_lifetime(mut self, d: Duration) -> Self {
         self.ticket_lifetime = d;
         self
+    }
+
+    /// Boots VMs with `factory` (see [`crate::guest`]).
+    #[must_use]
+    pub fn guests(mut self, factory: Arc<dyn GuestFactory>) -> Self {
+        self.guests = Some(GuestBackend(factory));
+        self
+    }
+
+    /// Boots VMs as namespaced process guests over the host's `/`
+    /// ([`crate::guest::ProcessGuestFactory`]); fails where the factory cannot be made.
+    pub fn process_guests(self) -> std::io::Result<Self> {
+        let f = crate::guest::ProcessGuestFactory::new()?;
+        Ok(self.guests(Arc::new(f)))
     }
 
     /// Serves plain HTTP instead of HTTPS.

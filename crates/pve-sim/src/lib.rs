@@ -31,6 +31,7 @@ mod error;
 mod faults;
 pub mod guest;
 mod handlers;
+mod lifecycle;
 mod log;
 mod propstring;
 pub mod routes;
@@ -47,7 +48,7 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 use tokio::sync::watch;
 
-pub use config::{LatencyProfile, SimConfig, StorageConfig, TaskKind};
+pub use config::{GuestBackend, LatencyProfile, SimConfig, StorageConfig, TaskKind};
 pub use error::ApiError;
 pub use faults::FaultError;
 pub use log::{LoggedRequest, RequestLog};
@@ -275,7 +276,9 @@ impl PveSim {
             started_at: seed.running.then_some(now),
             agent_ready_at: seed.running.then_some(now),
         };
-        self.shared.lock().vms.insert(seed.vmid, vm);
+        let mut st = self.shared.lock();
+        st.vms.insert(seed.vmid, vm);
+        st.reconcile_guests(&self.shared);
     }
 
     /// A VM's stored config (every value a string), or `None`.
@@ -368,5 +371,12 @@ impl PveSim {
 impl Drop for PveSim {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        // Requests still in flight may hold a guest a little longer; the backend's shutdown
+        // powers everything off and removes the disks regardless.
+        let recs = std::mem::take(&mut self.shared.lock().guests.recs);
+        drop(recs);
+        if let Some(b) = &self.shared.cfg.guests {
+            b.0.shutdown();
+        }
     }
 }

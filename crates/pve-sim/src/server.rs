@@ -423,38 +423,49 @@ async fn process(
             },
         );
     }
-    let mut st = shared.lock();
-    if let Some(f) = st.faults.take(method, route.path) {
-        if f.in_task {
-            let node = ctx
-                .params
-                .get("node")
-                .and_then(|v| v.first())
-                .cloned()
-                .unwrap_or_else(|| shared.cfg.nodes[0].clone());
-            let id = ctx
-                .params
-                .get("vmid")
-                .and_then(|v| v.first())
-                .cloned()
-                .unwrap_or_default();
-            let worker = route
-                .path
-                .rsplit('/')
-                .next()
-                .unwrap_or("task")
-                .trim_matches(['{', '}'])
-                .replace('-', "");
-            return (
-                name,
-                Ok(Value::String(st.failed_task(
-                    shared, &node, &ctx.user, &worker, &id, f.message,
-                ))),
-            );
+    let call = {
+        let mut st = shared.lock();
+        if let Some(f) = st.faults.take(method, route.path) {
+            if f.in_task {
+                let node = ctx
+                    .params
+                    .get("node")
+                    .and_then(|v| v.first())
+                    .cloned()
+                    .unwrap_or_else(|| shared.cfg.nodes[0].clone());
+                let id = ctx
+                    .params
+                    .get("vmid")
+                    .and_then(|v| v.first())
+                    .cloned()
+                    .unwrap_or_default();
+                let worker = route
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("task")
+                    .trim_matches(['{', '}'])
+                    .replace('-', "");
+                return (
+                    name,
+                    Ok(Value::String(st.failed_task(
+                        shared, &node, &ctx.user, &worker, &id, f.message,
+                    ))),
+                );
+            }
+            return (name, Err(ApiError::new(f.status, f.message)));
         }
-        return (name, Err(ApiError::new(f.status, f.message)));
-    }
-    let result = handlers::dispatch(shared, &mut st, &ctx);
+        if !handlers::is_agent(route.path) {
+            let result = handlers::dispatch(shared, &mut st, &ctx);
+            return (name, result);
+        }
+        handlers::check_node(shared, &ctx).and_then(|()| handlers::agent::prepare(&st, &ctx))
+    };
+    // The guest may take as long as the command it runs: it is never awaited under the lock.
+    let result = match call {
+        Ok(call) => handlers::agent::run(call, &ctx).await,
+        Err(e) => Err(e),
+    };
     (name, result)
 }
 

@@ -154,6 +154,8 @@ pub struct State {
     pub faults: Faults,
     /// SDN configuration.
     pub sdn: crate::sdn::Sdn,
+    /// Guests of running VMs, and the backend queues that boot and stop them.
+    pub(crate) guests: crate::lifecycle::Guests,
     next_pid: u32,
     boot: Instant,
 }
@@ -193,6 +195,7 @@ impl State {
             log: RequestLog::default(),
             faults: Faults::default(),
             sdn: crate::sdn::Sdn::default(),
+            guests: Default::default(),
             next_pid: 0x1000,
             boot: Instant::now(),
         }
@@ -278,6 +281,7 @@ impl State {
         if duration.is_zero() {
             let outcome = effect(self);
             self.finish_task(&upid, outcome);
+            self.reconcile_guests(shared);
             return upid;
         }
         if let Some(vmid) = flock_vm
@@ -298,6 +302,7 @@ impl State {
             }
             let outcome = effect(&mut st);
             st.finish_task(&upid2, outcome);
+            st.reconcile_guests(&shared2);
         });
         upid
     }

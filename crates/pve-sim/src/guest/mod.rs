@@ -14,6 +14,10 @@
 //! - the VM's disk outlives power cycles: [`GuestFactory::clone_disk`] on clone,
 //!   [`GuestFactory::destroy_disk`] on destroy.
 
+mod canned;
+pub mod process;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,6 +76,8 @@ pub struct BootSpec {
     pub vmid: u32,
     /// The VM's `name` (becomes the guest's hostname).
     pub name: String,
+    /// The VM's config as stored (`net0`, `memory`, ...), for backends that model hardware.
+    pub config: BTreeMap<String, String>,
 }
 
 /// Makes guests for VMs and keeps their disks between power cycles.
@@ -85,4 +91,11 @@ pub trait GuestFactory: Send + Sync + 'static {
 
     /// Forgets `vmid`'s disk. Idempotent.
     fn destroy_disk(&self, vmid: u32) -> BoxFuture<'_, std::io::Result<()>>;
+
+    /// Powers off every guest this factory booted and removes every disk, synchronously: the
+    /// simulator calls it from `Drop`, where nothing can be awaited. Later boots fail.
+    fn shutdown(&self) {}
 }
+
+pub(crate) use canned::CannedGuest;
+pub use process::{ProcessGuestFactory, ProcessGuestOptions};

@@ -1,6 +1,6 @@
 //! Route handlers. Each gets the parsed, validated request and the state lock.
 
-mod agent;
+pub(crate) mod agent;
 mod cluster;
 mod qemu;
 mod sdn;
@@ -89,23 +89,31 @@ pub(crate) fn takes_vm_flock(method: &str, route: &str) -> bool {
         && !route.ends_with("/clone")
 }
 
-pub(crate) fn dispatch(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<Value, ApiError> {
-    if !shared
+/// Guest-agent routes, which [`agent::prepare`] and [`agent::run`] serve outside the state lock.
+pub(crate) fn is_agent(route: &str) -> bool {
+    route.starts_with("/nodes/{node}/qemu/{vmid}/agent/")
+}
+
+/// pveproxy's answer for a `{node}` that is not a cluster member.
+pub(crate) fn check_node(shared: &Shared, ctx: &Ctx) -> Result<(), ApiError> {
+    if shared
         .cfg
         .nodes
         .iter()
         .any(|n| ctx.params.get("node").is_none_or(|v| v.first() == Some(n)))
     {
-        let n = ctx.node();
-        return Err(ApiError::internal(format!(
-            "hostname lookup '{n}' failed - failed to get address info for: {n}: Name or service not known"
-        )));
+        return Ok(());
     }
+    let n = ctx.node();
+    Err(ApiError::internal(format!(
+        "hostname lookup '{n}' failed - failed to get address info for: {n}: Name or service not known"
+    )))
+}
+
+pub(crate) fn dispatch(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<Value, ApiError> {
+    check_node(shared, ctx)?;
     let r = ctx.route.path;
     let m = ctx.method.as_str();
-    if r.starts_with("/nodes/{node}/qemu/{vmid}/agent/") {
-        return agent::handle(shared, st, ctx);
-    }
     if r.starts_with("/nodes/{node}/qemu") {
         return qemu::handle(shared, st, ctx);
     }

@@ -952,6 +952,7 @@ fn clone(
         Box::new(move |st| {
             let vm = st.vms.get_mut(&newid).ok_or("clone target vanished")?;
             vm.config.remove("lock");
+            st.guests.pending_clones.push((vmid, newid));
             Ok(vec![format!(
                 "create {} clone of drive(s)",
                 if full { "full" } else { "linked" }
