@@ -31,6 +31,8 @@ use crate::{GuestAgent, WRITE_CHUNK};
 
 /// Largest form-encoded `agent/exec` body we send: pveproxy refuses POST bodies over 64 KiB.
 const MAX_EXEC_BODY: usize = 60_000;
+/// Longest inner script passed as an argument; longer ones go through a file.
+const MAX_INLINE_INNER: usize = 100_000;
 /// Cap on the gap between `exec-status` polls.
 const MAX_POLL: Duration = Duration::from_millis(100);
 /// How long past its own timeout the client waits for the guest's watchdog before giving up.
@@ -230,6 +232,7 @@ fn outer_script(
     inner: &str,
     stdin: &Stdin,
     from_file: bool,
+    prefix: &str,
 ) -> String {
     let mut s = Script::new();
     let mut o = String::new();
@@ -265,12 +268,27 @@ fn outer_script(
              set -- \"$_r\" -u \"$_u\" --\nfi"
         );
     }
-    let _ = writeln!(o, "_i={}", single_quote(inner.as_bytes()));
+    let launch = if inner.len() > MAX_INLINE_INNER {
+        // One execve argument may not exceed 128 KiB (MAX_ARG_STRLEN), so a long inner script
+        // goes through a file that the inner shell deletes first thing; it belongs to the
+        // target user so that user may delete it from the sticky temp dir.
+        let f = single_quote(format!("{prefix}.inner").as_bytes());
+        let text = format!("rm -f -- \"$0\"\n{inner}");
+        let _ = writeln!(
+            o,
+            "_i={}\nprintf '%s' \"$_i\" > {f} || _f upload\n[ $# -eq 0 ] || chown -- \"$_u\" {f}",
+            single_quote(text.as_bytes())
+        );
+        format!("/bin/sh {f}")
+    } else {
+        let _ = writeln!(o, "_i={}", single_quote(inner.as_bytes()));
+        "/bin/sh -c \"$_i\" sh".to_owned()
+    };
     o.push_str("command -v setsid >/dev/null 2>&1 || _f nosetsid\n");
     if matches!(stdin, Stdin::Inline(_)) {
-        o.push_str("base64 -d <&3 2>/dev/null | setsid \"$@\" /bin/sh -c \"$_i\" sh &\n");
+        let _ = writeln!(o, "base64 -d <&3 2>/dev/null | setsid \"$@\" {launch} &");
     } else {
-        o.push_str("setsid \"$@\" /bin/sh -c \"$_i\" sh <&3 &\n");
+        let _ = writeln!(o, "setsid \"$@\" {launch} <&3 &");
     }
     o.push_str("_p=$!\nexec 3<&-\n");
     if let Some(t) = req.timeout {
@@ -323,7 +341,7 @@ impl GuestAgent {
                     Stdin::Files(format!("{prefix}.in"))
                 }
             };
-            let mut script = outer_script(req, &nonce, &inner, &stdin, false);
+            let mut script = outer_script(req, &nonce, &inner, &stdin, false, &prefix);
             let mut params = exec_params(&["/bin/sh", "-c", &script], &stdin);
             if params.encode().len() > MAX_EXEC_BODY
                 && let (Stdin::Inline(_), Some(b)) = (&stdin, &req.stdin)
@@ -331,13 +349,13 @@ impl GuestAgent {
                 uploaded = true;
                 self.upload_chunks(&format!("{prefix}.in"), b).await?;
                 stdin = Stdin::Files(format!("{prefix}.in"));
-                script = outer_script(req, &nonce, &inner, &stdin, false);
+                script = outer_script(req, &nonce, &inner, &stdin, false, &prefix);
                 params = exec_params(&["/bin/sh", "-c", &script], &stdin);
             }
             if params.encode().len() > MAX_EXEC_BODY {
                 // Long argv: the shim itself travels as a file and deletes itself when it starts.
                 uploaded = true;
-                let file = outer_script(req, &nonce, &inner, &stdin, true);
+                let file = outer_script(req, &nonce, &inner, &stdin, true, &prefix);
                 let sp = format!("{prefix}.sh");
                 self.upload_chunks(&sp, file.as_bytes()).await?;
                 let q = single_quote(sp.as_bytes());
@@ -565,11 +583,14 @@ mod tests {
             Some(b) if !b.is_empty() => Stdin::Inline(wire::b64(b)),
             _ => Stdin::None,
         };
-        let script = outer_script(req, &nonce, &inner, &stdin, false);
+        let prefix = format!("/tmp/.pvesandbox-{nonce}");
+        let script = outer_script(req, &nonce, &inner, &stdin, true, &prefix);
         assert!(script.is_ascii());
+        // As in the guest when the shim is long: run from a file that deletes itself.
+        let file = format!("{prefix}.sh");
+        std::fs::write(&file, &script).unwrap();
         let mut child = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
+            .arg(&file)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -583,6 +604,10 @@ mod tests {
             }
         }
         let out = child.wait_with_output().unwrap();
+        assert!(
+            !std::path::Path::new(&file).exists(),
+            "the shim file deletes itself"
+        );
         let mut stderr = out.stderr;
         let reason = split_marker(&mut stderr, &nonce).unwrap_or_default();
         (out.status.code(), out.stdout, stderr, reason)
@@ -660,6 +685,20 @@ mod tests {
             !String::from_utf8_lossy(&ps.stdout).contains(&marker),
             "a process of the timed-out command survived"
         );
+    }
+
+    #[test]
+    fn argv_past_the_execve_string_limit_goes_through_a_file() {
+        let big = "\u{e9}".repeat(30 * 1024);
+        let (code, out, err, r) =
+            run_local(&ExecRequest::new(["printf", "%s", &big, &big]).user("nobody"));
+        assert_eq!(
+            (code, r.as_str()),
+            (Some(0), ""),
+            "{}",
+            String::from_utf8_lossy(&err)
+        );
+        assert_eq!(out, format!("{big}{big}").into_bytes());
     }
 
     #[test]
