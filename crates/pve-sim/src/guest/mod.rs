@@ -14,6 +14,8 @@
 //! - the VM's disk outlives power cycles: [`GuestFactory::clone_disk`] on clone,
 //!   [`GuestFactory::destroy_disk`] on destroy.
 
+pub mod qemu;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,8 +56,11 @@ impl QgaError {
 pub trait Guest: Send + Sync + 'static {
     /// Runs one QGA command (`"guest-exec"`, `"guest-file-read"`, ...) with its `arguments`
     /// object and resolves to the command's `return` value.
-    fn execute<'a>(&'a self, command: &'a str, arguments: Value)
-    -> BoxFuture<'a, Result<Value, QgaError>>;
+    fn execute<'a>(
+        &'a self,
+        command: &'a str,
+        arguments: Value,
+    ) -> BoxFuture<'a, Result<Value, QgaError>>;
 
     /// Ends everything running in the guest (power off). Later commands fail with
     /// [`QgaError::Unavailable`].
