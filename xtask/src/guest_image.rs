@@ -44,6 +44,14 @@ pub fn build(sh: &Shell) -> Result<()> {
         );
     }
     if let Some(current) = current {
+        // Builds of older recipes are dead weight (≈ 250 MiB each).
+        for e in fs::read_dir(dir.parent().context("cache dir")?)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_build = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if is_build && name != hash[..16] {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
         // pve-sim finds the image through this link (it cannot know the recipe hash).
         let _ = fs::remove_file(&current);
         std::os::unix::fs::symlink(&hash[..16], &current)
