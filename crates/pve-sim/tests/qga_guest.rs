@@ -312,3 +312,44 @@ async fn guests_from_one_saved_state_are_isolated() {
     f.clone_disk(103, 105).await.unwrap();
     f.destroy_disk(105).await.unwrap();
 }
+
+/// A QEMU that was killed but not yet reaped is a zombie: as dead as it gets.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test]
+async fn dropping_the_factory_ends_its_guests_and_files() {
+    // Its own factory (a second cold boot): the shared one is never dropped.
+    if factory().await.is_none() {
+        return;
+    }
+    let f = QemuGuestFactory::start(GuestImage::locate().unwrap(), QemuOptions::default())
+        .await
+        .unwrap();
+    let dir = f.dir().to_path_buf();
+    let g = f
+        .boot_qga(BootSpec {
+            vmid: 200,
+            name: "orphan".into(),
+        })
+        .await
+        .unwrap();
+    let pid = g.qemu_pid().unwrap();
+    assert!(running(pid));
+    drop(f);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running(pid) {
+        assert!(Instant::now() < deadline, "QEMU {pid} outlived its factory");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        g.execute("guest-ping", json!({})).await,
+        Err(QgaError::Unavailable(_))
+    ));
+}

@@ -218,6 +218,11 @@ impl QemuGuestFactory {
         )))
     }
 
+    /// The directory holding everything this factory created (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The accelerator the guests run under (`kvm` or `tcg`), for logs and CI output.
     pub fn accelerator(&self) -> Accelerator {
         self.accelerator
@@ -476,6 +481,15 @@ impl QgaGuest {
     /// clock, RNG and hostname were set).
     pub fn restore_time(&self) -> Duration {
         self.restore_time
+    }
+
+    /// The QEMU process id while it runs (power off forgets it).
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("child lock")
+            .as_ref()
+            .map(Child::id)
     }
 
     /// The guest's serial console so far (kernel and systemd messages), for diagnostics.
