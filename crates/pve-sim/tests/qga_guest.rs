@@ -353,3 +353,22 @@ async fn dropping_the_factory_ends_its_guests_and_files() {
         Err(QgaError::Unavailable(_))
     ));
 }
+
+#[tokio::test]
+async fn guest_shutdown_has_no_reply_and_ends_the_vm() {
+    let Some(f) = factory().await else { return };
+    let g = boot(f, 105, "shutdown").await;
+    assert_eq!(ok(&*g, "guest-shutdown", json!({})).await, json!({}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match g.execute("guest-ping", json!({})).await {
+            Err(QgaError::Unavailable(_)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "still up after shutdown: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    g.power_off().await;
+}
