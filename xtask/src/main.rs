@@ -8,10 +8,14 @@
 //!   second and acquire latency of the pool.
 //! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
+//! - `cargo xtask guest-image` — build (or find cached) the Debian guest with qemu-guest-agent
+//!   that pve-sim's QEMU guest backend boots; installs its host packages when missing.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use xshell::{Shell, cmd};
+
+mod guest_image;
 
 /// fakepve release the tests were written against (AGPL; installed, never vendored).
 const FAKEPVE: &str = "fakepve[crypto]==0.5.0";
@@ -104,7 +108,10 @@ fn main() -> Result<()> {
         }
         Some("venv") => fakepve_venv(&sh, false)?,
         Some("fakepve") => fakepve_venv(&sh, true)?,
-        other => bail!("unknown task {other:?}; try: test, lint, bench, venv, fakepve"),
+        Some("guest-image") => guest_image::build(&sh)?,
+        other => {
+            bail!("unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image")
+        }
     }
     Ok(())
 }

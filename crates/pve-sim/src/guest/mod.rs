@@ -16,6 +16,7 @@
 
 mod canned;
 pub mod process;
+pub mod qemu;
 
 use std::collections::BTreeMap;
 use std::future::Future;
