@@ -1,7 +1,8 @@
 //! `cargo xtask`: project automation beyond `cargo build` and `cargo test`.
 //!
 //! - `cargo xtask test`  — what CI runs: sets up the fakepve venv if missing, then
-//!   `cargo test --workspace` (fakepve and schema tests fail loudly when `CI` is set).
+//!   `cargo test --workspace` (fakepve, schema and guest tests fail loudly when `CI` is set),
+//!   then the guest-agent suites again on real qemu-guest-agent (`PVESANDBOX_GUEST=qemu`).
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask bench [client|agent|pool]` — release-mode figures: REST calls and wall time of
 //!   the core flow; REST calls and p50/p99 of guest-agent exec and file transfers; leases per
@@ -77,6 +78,13 @@ fn main() -> Result<()> {
             fakepve_venv(&sh, false)?;
             let rest = &args[1..];
             cmd!(sh, "cargo test --workspace {rest...}").run()?;
+            // The same guest-agent suites against real qemu-guest-agent in QEMU guests.
+            cmd!(
+                sh,
+                "cargo test -p guest-agent --test self_check --test guarantees {rest...} -- --test-threads 2"
+            )
+            .env("PVESANDBOX_GUEST", "qemu")
+            .run()?;
         }
         Some("lint") => {
             cmd!(sh, "cargo fmt --all -- --check").run()?;

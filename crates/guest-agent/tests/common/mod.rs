@@ -2,10 +2,12 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guest_agent::{ExecOutput, ExecRequest, GuestAgent};
 use pve_client::{PveClient, Vmid, WaitOptions};
+use pve_sim::guest::qemu::{GuestImage, QemuGuestFactory, QemuOptions};
 use pve_sim::{PveSim, SimConfig, VmSeed};
 
 pub const NODE: &str = "pve1";
@@ -17,8 +19,42 @@ pub struct Env {
     pub vm: GuestAgent,
 }
 
+/// Which guest backend the suite runs on: `PVESANDBOX_GUEST=qemu` for real qemu-guest-agent
+/// in QEMU VMs restored from one saved boot, anything else for namespaced process guests.
+pub fn qemu_backend() -> bool {
+    std::env::var("PVESANDBOX_GUEST").is_ok_and(|v| v == "qemu")
+}
+
+/// One cold boot per test binary; every test's VM restores from it.
+static QEMU: tokio::sync::OnceCell<Arc<QemuGuestFactory>> = tokio::sync::OnceCell::const_new();
+
+async fn qemu_factory() -> Arc<QemuGuestFactory> {
+    QEMU.get_or_init(|| async {
+        let image = GuestImage::locate().unwrap_or_else(|| {
+            panic!(
+                "PVESANDBOX_GUEST=qemu but no guest image in {:?}: run `cargo xtask guest-image`",
+                GuestImage::default_dir()
+            )
+        });
+        let f = QemuGuestFactory::start(image, QemuOptions::default())
+            .await
+            .expect("cold boot of the guest image");
+        eprintln!(
+            "guest backend: qemu-guest-agent in QEMU, accelerator {}, cold boot {:.1} s",
+            f.accelerator(),
+            f.cold_boot_time().as_secs_f64()
+        );
+        Arc::new(f)
+    })
+    .await
+    .clone()
+}
+
 /// Process guests need namespaces and root. Without them: skip, unless CI says they must work.
 pub fn guests_available() -> bool {
+    if qemu_backend() {
+        return true;
+    }
     match pve_sim::guest::ProcessGuestFactory::probe() {
         Ok(()) => true,
         Err(why) => {
@@ -37,9 +73,12 @@ pub async fn env() -> Env {
 }
 
 pub async fn env_with(cfg: SimConfig) -> Env {
-    let sim = PveSim::start(cfg.process_guests().expect("process guests"))
-        .await
-        .expect("simulator starts");
+    let cfg = if qemu_backend() {
+        cfg.guests(qemu_factory().await)
+    } else {
+        cfg.process_guests().expect("process guests")
+    };
+    let sim = PveSim::start(cfg).await.expect("simulator starts");
     sim.add_vm(VmSeed::vm(100, "box"));
     let client = PveClient::builder()
         .base_url(sim.url())
@@ -53,7 +92,7 @@ pub async fn env_with(cfg: SimConfig) -> Env {
         .await
         .unwrap();
     let vm = GuestAgent::new(client.clone(), NODE, 100);
-    vm.wait_ready(Instant::now() + Duration::from_secs(30))
+    vm.wait_ready(Instant::now() + Duration::from_secs(120))
         .await
         .expect("agent answers");
     Env { sim, client, vm }
