@@ -833,9 +833,9 @@ impl ProcessGuest {
         for (key, c) in [("out", &mut i.out), ("err", &mut i.err)] {
             if !c.data.is_empty() {
                 r[format!("{key}-data")] = json!(B64.encode(std::mem::take(&mut c.data)));
-                if c.truncated {
-                    r[format!("{key}-truncated")] = json!(true);
-                }
+                // qemu-ga 7.2 reports the flag with every stream that has data, true or false
+                // (found by tests/differential.rs in guest-agent).
+                r[format!("{key}-truncated")] = json!(c.truncated);
             }
         }
         drop(guard);
