@@ -178,6 +178,13 @@ impl ProcessGuestFactory {
     /// Whether this host can run process guests: root, util-linux `unshare`/`nsenter`, and an
     /// overlay mount in a private mount namespace. The error says what is missing.
     pub fn probe() -> Result<(), String> {
+        // Once per process: concurrent probes (tests run in parallel) would share the
+        // pid-named scratch dir and remove it under each other.
+        static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        RESULT.get_or_init(Self::probe_once).clone()
+    }
+
+    fn probe_once() -> Result<(), String> {
         if !rustix::process::geteuid().is_root() {
             return Err("process guests need root".into());
         }
