@@ -2,39 +2,15 @@
 //! process guest and to real qemu-guest-agent in QEMU, and the answers must be identical
 //! (pids aside). Runs when the guest image exists; with `CI` set it must.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pve_client::{Params, PveClient, Vmid, WaitOptions};
+use pve_client::{Params, PveClient};
+use pve_sim::SimConfig;
 use pve_sim::guest::qemu::{GuestImage, QemuGuestFactory, QemuOptions};
-use pve_sim::{PveSim, SimConfig, VmSeed};
 use serde_json::Value;
-
-struct Side {
-    _sim: PveSim,
-    client: PveClient,
-}
-
-async fn side(cfg: SimConfig) -> Side {
-    let sim = PveSim::start(cfg).await.unwrap();
-    sim.add_vm(VmSeed::vm(100, "diff"));
-    let client = PveClient::builder()
-        .base_url(sim.url())
-        .password("root@pam", "secret")
-        .fingerprint(sim.fingerprint().unwrap())
-        .build()
-        .unwrap();
-    let upid = client.node("pve1").qemu(Vmid(100)).start().await.unwrap();
-    client
-        .wait_task(&upid, WaitOptions::with_timeout(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    guest_agent::GuestAgent::new(client.clone(), "pve1", 100)
-        .wait_ready(Instant::now() + Duration::from_secs(120))
-        .await
-        .unwrap();
-    Side { _sim: sim, client }
-}
 
 const AGENT: &str = "/nodes/pve1/qemu/100/agent";
 
@@ -98,8 +74,8 @@ async fn process_guest_answers_like_qemu_guest_agent() {
         "differential: real side is qemu-guest-agent under {}",
         qemu.accelerator()
     );
-    let fake = side(SimConfig::new().process_guests().unwrap()).await;
-    let real = side(SimConfig::new().guests(qemu)).await;
+    let fake = common::boot_vm(SimConfig::new().process_guests().unwrap()).await;
+    let real = common::boot_vm(SimConfig::new().guests(qemu)).await;
 
     let execs: Vec<(&str, Vec<&str>, Option<&str>)> = vec![
         (

@@ -78,6 +78,12 @@ pub async fn env_with(cfg: SimConfig) -> Env {
     } else {
         cfg.process_guests().expect("process guests")
     };
+    boot_vm(cfg).await
+}
+
+/// A simulator from `cfg` exactly as given (guest backend included), VM 100 started and its
+/// agent answering.
+pub async fn boot_vm(cfg: SimConfig) -> Env {
     let sim = PveSim::start(cfg).await.expect("simulator starts");
     sim.add_vm(VmSeed::vm(100, "box"));
     let client = PveClient::builder()
