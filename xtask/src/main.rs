@@ -80,7 +80,15 @@ fn main() -> Result<()> {
             // A no-op when the image is cached (.ci/run builds it before cutting the network).
             guest_image::build(&sh)?;
             cmd!(sh, "cargo test --workspace {rest...}").run()?;
-            // The same guest-agent suites against real qemu-guest-agent in QEMU guests.
+            // The same guest-agent suites against real qemu-guest-agent in QEMU guests. Test
+            // output is captured, so say here which accelerator they get.
+            let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let accel = if cpu.contains(" vmx") || cpu.contains(" svm") {
+                "kvm when /dev/kvm works, else tcg"
+            } else {
+                "tcg (no vmx/svm on this CPU)"
+            };
+            eprintln!("xtask: qemu-guest-agent suites: QEMU accelerator {accel}");
             cmd!(
                 sh,
                 "cargo test -p guest-agent --test self_check --test guarantees {rest...} -- --test-threads 2"
