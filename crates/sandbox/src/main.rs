@@ -1,0 +1,5 @@
+//! The `pvesandbox` command line.
+
+fn main() {
+    println!("pvesandbox");
+}

@@ -1,0 +1,284 @@
+//! Ownership: who made a VM or network, until when it may live, and how to tell from Proxmox.
+//!
+//! Cleanup must work after `kill -9`, from Proxmox state alone, without touching anything
+//! another run (or a human) made. So every VM carries, in PVE tags (indexed by
+//! `/cluster/resources`, one call for the whole cluster):
+//!
+//! - `pvesandbox` — made by us, never by hand;
+//! - `run-<run id>` — which run owns it (`cleanup --run`);
+//! - `exp-<unix seconds>` — when it may be deleted by anyone (`cleanup --expired`),
+//!
+//! and, in its description, an [`OwnerRecord`] (host, pid, start time) so an expired VM whose
+//! owner process is provably still alive on this host is left alone. Networks cannot carry tags,
+//! so their ids embed the run's [`RunId::key`] (see `pve_sdn::NetworkIds`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The tag every VM we create carries.
+pub const TAG: &str = "pvesandbox";
+/// The tag prefix naming the owning run.
+pub const RUN_PREFIX: &str = "run-";
+/// The tag prefix carrying the expiry (unix seconds).
+pub const EXPIRY_PREFIX: &str = "exp-";
+/// The first line of an owner record in a VM description.
+const RECORD_MARK: &str = "pvesandbox-owner:";
+
+/// A run: one `task_init` (an eval, or one `pvesandbox up`).
+///
+/// Ten lowercase base36 characters; its first four are the [`key`](RunId::key) that network
+/// ids embed (PVE limits those ids to 8 characters, so the whole id does not fit).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RunId(String);
+
+const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+
+impl RunId {
+    /// A fresh random id.
+    pub fn random() -> RunId {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        // The key must start with a letter: PVE ids match `[a-zA-Z][a-zA-Z0-9]*`.
+        let first = ALPHABET[rng.random_range(10..36)] as char;
+        let rest: String = (0..9)
+            .map(|_| ALPHABET[rng.random_range(0..36)] as char)
+            .collect();
+        RunId(format!("{first}{rest}"))
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The four characters network ids embed.
+    pub fn key(&self) -> &str {
+        &self.0[..4]
+    }
+    /// The `run-<id>` tag.
+    pub fn tag(&self) -> String {
+        format!("{RUN_PREFIX}{}", self.0)
+    }
+}
+
+impl TryFrom<String> for RunId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+impl From<RunId> for String {
+    fn from(r: RunId) -> String {
+        r.0
+    }
+}
+
+impl std::str::FromStr for RunId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.strip_prefix(RUN_PREFIX).unwrap_or(s);
+        let ok = s.len() == 10
+            && s.as_bytes()[0].is_ascii_lowercase()
+            && s.bytes().all(|b| ALPHABET.contains(&b));
+        if ok {
+            Ok(RunId(s.to_owned()))
+        } else {
+            Err(format!(
+                "run id {s:?}: expected 10 lowercase letters/digits starting with a letter, as printed by `pvesandbox up` or `ls`"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl fmt::Debug for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RunId({})", self.0)
+    }
+}
+
+/// Seconds since the epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a VM's description says about who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerRecord {
+    /// The run.
+    pub run: RunId,
+    /// Host name of the process that made it.
+    pub host: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (unix seconds), telling a live owner from a recycled pid.
+    pub started: u64,
+    /// When the VM may be deleted by anyone (unix seconds).
+    pub expires: u64,
+    /// The sample (sequence number within the run).
+    pub sample: u32,
+    /// The sandbox name within the sample (`default`, `victim`, ...).
+    pub name: String,
+}
+
+impl OwnerRecord {
+    /// A record for this process.
+    pub fn here(run: &RunId, sample: u32, name: &str, ttl: Duration) -> OwnerRecord {
+        let now = unix_now();
+        OwnerRecord {
+            run: run.clone(),
+            host: host_name(),
+            pid: std::process::id(),
+            started: process_start(std::process::id()).unwrap_or(now),
+            expires: now + ttl.as_secs(),
+            sample,
+            name: name.to_owned(),
+        }
+    }
+    /// The PVE tags for a VM with this record (sorted, as PVE stores them).
+    pub fn tags(&self) -> Vec<String> {
+        let mut t = vec![
+            TAG.to_owned(),
+            self.run.tag(),
+            format!("{EXPIRY_PREFIX}{}", self.expires),
+        ];
+        t.sort();
+        t
+    }
+    /// The VM description: a human line, then the machine-readable record.
+    pub fn description(&self) -> String {
+        format!(
+            "Made by pvesandbox for run {} (sample {}, {}); delete with `pvesandbox cleanup --run {}`.\n{RECORD_MARK}{}",
+            self.run,
+            self.sample,
+            self.name,
+            self.run,
+            serde_json::to_string(self).unwrap_or_default()
+        )
+    }
+    /// Reads a record back from a description, if it holds one.
+    pub fn parse(description: &str) -> Option<OwnerRecord> {
+        let at = description.find(RECORD_MARK)?;
+        let json = description[at + RECORD_MARK.len()..].lines().next()?;
+        serde_json::from_str(json).ok()
+    }
+    /// Whether the owning process is provably alive: same host, pid exists, same start time.
+    ///
+    /// Anything we cannot prove (another host, no /proc) counts as gone, so expired resources
+    /// are never kept forever; the expiry is the owner's promise to be done by then.
+    pub fn owner_alive(&self) -> bool {
+        self.host == host_name() && process_start(self.pid) == Some(self.started)
+    }
+}
+
+/// Tags of one VM, as PVE lists them (`;`- or `,`-separated).
+pub fn split_tags(tags: &str) -> Vec<&str> {
+    tags.split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// What the tags of a VM say, if it is ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    /// Owning run.
+    pub run: Option<RunId>,
+    /// Expiry (unix seconds).
+    pub expires: Option<u64>,
+}
+
+/// Reads our tags; `None` when the VM is not tagged `pvesandbox`.
+pub fn parse_tags(tags: &str) -> Option<Tagged> {
+    let tags = split_tags(tags);
+    if !tags.contains(&TAG) {
+        return None;
+    }
+    let run = tags
+        .iter()
+        .find_map(|t| t.strip_prefix(RUN_PREFIX))
+        .and_then(|r| r.parse().ok());
+    let expires = tags
+        .iter()
+        .find_map(|t| t.strip_prefix(EXPIRY_PREFIX))
+        .and_then(|e| e.parse().ok());
+    Some(Tagged { run, expires })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A process's start time in clock ticks since boot, turned into a stable number; `None` when
+/// the process does not exist (or /proc is unavailable).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (starttime) counts from after the `)` closing the command name, which may
+    // itself contain spaces and parentheses.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_valid_pve_id_stems() {
+        for _ in 0..200 {
+            let r = RunId::random();
+            assert_eq!(r.as_str().len(), 10);
+            assert!(r.key().as_bytes()[0].is_ascii_lowercase());
+            assert_eq!(r.as_str().parse::<RunId>().unwrap(), r);
+            assert_eq!(r.tag().parse::<RunId>().unwrap(), r);
+        }
+        for bad in [
+            "",
+            "0abcdefghi",
+            "ABCDEFGHIJ",
+            "abc",
+            "abcdefghij1",
+            "abcdefgh-j",
+        ] {
+            assert!(bad.parse::<RunId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_description_and_tags() {
+        let run = RunId::random();
+        let r = OwnerRecord::here(&run, 3, "victim", Duration::from_secs(60));
+        assert_eq!(OwnerRecord::parse(&r.description()), Some(r.clone()));
+        assert!(r.owner_alive(), "this process is alive");
+        let tags = r.tags().join(";");
+        let t = parse_tags(&tags).unwrap();
+        assert_eq!(t.run, Some(run));
+        assert_eq!(t.expires, Some(r.expires));
+        assert_eq!(
+            parse_tags("run-abcdefghij;exp-1"),
+            None,
+            "no pvesandbox tag"
+        );
+        assert_eq!(OwnerRecord::parse("made by hand"), None);
+    }
+
+    #[test]
+    fn a_dead_or_recycled_owner_is_not_alive() {
+        let run = RunId::random();
+        let mut r = OwnerRecord::here(&run, 0, "default", Duration::from_secs(1));
+        r.started += 1;
+        assert!(!r.owner_alive(), "same pid, other start time: recycled");
+        let mut r = OwnerRecord::here(&run, 0, "default", Duration::from_secs(1));
+        r.host = "elsewhere".into();
+        assert!(!r.owner_alive());
+    }
+}
