@@ -518,12 +518,16 @@ impl GuestAgent {
     pub(crate) async fn upload_chunks(&self, prefix: &str, bytes: &[u8]) -> Result<()> {
         let path = self.path_of("file-write");
         let n = self.inner.upload_concurrency;
+        // Encoding through a fn item (not a closure over `&[u8]`) keeps the future `Send` for
+        // callers that spawn it (the Inspect adapter): rustc cannot prove a closure taking a
+        // borrowed chunk general over that borrow's lifetime.
+        let contents = bytes.chunks(WRITE_CHUNK).map(wire::b64).enumerate();
         let mut writes =
-            futures_util::stream::iter(bytes.chunks(WRITE_CHUNK).enumerate().map(|(i, chunk)| {
+            futures_util::stream::iter(contents.map(|(i, content): (usize, String)| {
                 let file = format!("{prefix}.{i:06}");
                 let params = Params::new()
                     .with("file", file.as_str())
-                    .with("content", wire::b64(chunk))
+                    .with("content", content)
                     .with("encode", false);
                 let path = &path;
                 async move {
