@@ -9,6 +9,10 @@
 //!   second and acquire latency of the pool.
 //! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
+//! - `cargo xtask test-inspect` — the Inspect AI adapter: builds its wheel into
+//!   `.venv-inspect` and runs Inspect's self-check (process and qemu-guest-agent guests), an
+//!   offline `inspect eval` and the adapter's own tests (`cargo xtask test` runs it too).
+//! - `cargo xtask inspect-venv` — (re)create `.venv-inspect` with the pinned inspect-ai.
 //! - `cargo xtask guest-image` — build (or find cached) the Debian guest with qemu-guest-agent
 //!   that pve-sim's QEMU guest backend boots; installs its host packages when missing.
 
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use xshell::{Shell, cmd};
 
 mod guest_image;
+mod inspect;
 
 /// fakepve release the tests were written against (AGPL; installed, never vendored).
 const FAKEPVE: &str = "fakepve[crypto]==0.5.0";
@@ -95,6 +100,9 @@ fn main() -> Result<()> {
             )
             .env("PVESANDBOX_GUEST", "qemu")
             .run()?;
+            // ---- Inspect AI adapter (crates/inspect-adapter) ----
+            inspect::test(&sh, &[])?;
+            // ---- end Inspect AI adapter ----
         }
         Some("lint") => {
             cmd!(sh, "cargo fmt --all -- --check").run()?;
@@ -124,11 +132,18 @@ fn main() -> Result<()> {
                 .run()?;
             }
         }
-        Some("venv") => fakepve_venv(&sh, false)?,
+        Some("venv") => {
+            fakepve_venv(&sh, false)?;
+            inspect::venv_setup(&sh, false)?;
+        }
+        Some("inspect-venv") => inspect::venv_setup(&sh, true)?,
+        Some("test-inspect") => inspect::test(&sh, &args[1..])?,
         Some("fakepve") => fakepve_venv(&sh, true)?,
         Some("guest-image") => guest_image::build(&sh)?,
         other => {
-            bail!("unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image")
+            bail!(
+                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, inspect-venv, test-inspect"
+            )
         }
     }
     Ok(())
@@ -226,6 +241,15 @@ mod tidy {
                 "{lib} is a library over pve-client alone"
             );
         }
+        // ---- Inspect AI adapter ----
+        // The adapter wraps the sandbox crate; it names guest-agent only for the exec request
+        // and error types the sandbox API hands out. Never the simulator or the raw client.
+        assert_eq!(
+            our_deps(&read("inspect-adapter")),
+            ["pvesandbox", "guest-agent"],
+            "inspect-adapter is a thin layer over pvesandbox"
+        );
+        // ---- end Inspect AI adapter ----
         assert_eq!(
             our_deps(
                 "[dependencies]\npve-client.workspace = true\n[dev-dependencies]\npve-sim.workspace = true\n"
