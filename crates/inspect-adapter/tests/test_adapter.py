@@ -20,8 +20,6 @@ from pvesandbox_inspect import (
 from pvesandbox_inspect._errors import PveSandboxError
 from pvesandbox_inspect._sandbox import PveSandboxEnvironment
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
 # What the peer's ProxmoxSandboxEnvironmentConfig.model_dump() gives, plus a field old peer
 # versions had (ignored, so such logs still load).
 PEER_DICT = {
