@@ -1,0 +1,1042 @@
+//! `cargo xtask nested-pve`: a Proxmox VE inside QEMU/KVM, for the end-to-end suite.
+//!
+//! The first run builds a base image: it fetches (or takes) a PVE ISO and checks its SHA-256,
+//! writes an answer file ([`answer`]) and a first-boot script ([`firstboot`]), bakes both into
+//! the ISO with `proxmox-auto-install-assistant prepare-iso --fetch-from iso` (natively when
+//! the tool is installed, else in a `debian:trixie-slim` container that installs it from
+//! Proxmox's repository — the tool only ships as a PVE package), installs onto an empty qcow2
+//! disk ([`qemu::install_args`]), and boots it once so the first-boot script can create the
+//! API token and write it onto a small results disk ([`qemu::first_boot_args`]). The installed
+//! disk becomes `DIR/base.qcow2`, and the results `DIR/base.results`.
+//!
+//! Every run then boots a fresh qcow2 overlay on that base in the background with the API
+//! forwarded to `127.0.0.1:<port>` ([`qemu::run_args`]), waits for the API, and writes the
+//! instances file the e2e suite reads (`DIR/instances.json`, the peer's format plus our
+//! token and fingerprint fields). `--stop` ends the VM; `--keep` reuses the last overlay.
+//!
+//! Everything is a [`plan::Plan`] first: `--dry-run` prints it (every command, every file in
+//! full, passwords redacted) and a real run executes the same value. A real run needs KVM
+//! with nested virtualisation; a dry run needs nothing, not even the ISO.
+//!
+//! Directory layout (`--dir`, default `~/.cache/pvesandbox/nested-pve`): `iso/` downloads,
+//! `build/` the install's working files and console logs, `base.qcow2` + `base.results` +
+//! `base.recipe` (hash of ISO, answer file and first-boot script: a change means rebuild),
+//! `root-password`, `run/` the overlay, console log and pidfile, `instances.json`.
+
+pub mod answer;
+pub mod firstboot;
+#[cfg(test)]
+mod golden;
+pub mod plan;
+pub mod privileges;
+pub mod qemu;
+pub mod sizing;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use answer::Answer;
+use firstboot::FirstBoot;
+use plan::{InstanceTemplate, Plan, Step};
+use qemu::Machine;
+
+/// The pinned default: the latest PVE 9.x ISO at the time of writing (9.2-1, 1 706 178 560
+/// bytes). Proxmox publishes the SHA-256 on its download page; the value here was taken from
+/// two independent public records of that checksum, since this project's build machines cannot
+/// reach proxmox.com. A mismatch stops the build before anything boots.
+pub const DEFAULT_ISO_URL: &str = "https://enterprise.proxmox.com/iso/proxmox-ve_9.2-1.iso";
+/// SHA-256 of [`DEFAULT_ISO_URL`].
+pub const DEFAULT_ISO_SHA256: &str =
+    "4e88fe416df9b527624a175f24c9aa07c714d3332afb1ee3dbf3879573ef2c6c";
+/// Where `prepare-iso` runs when the tool is not installed on the host.
+pub const CONTAINER_IMAGE: &str = "debian:trixie-slim";
+/// Default host port for the API.
+pub const DEFAULT_API_PORT: u16 = 18006;
+/// Default size of the (sparse) base disk.
+pub const DEFAULT_DISK_GIB: u32 = 64;
+/// Host name of the nested node; the node name is `pve`.
+pub const FQDN: &str = "pve.nested.test";
+/// Upper bound for the unattended install (QEMU is killed after it).
+pub const INSTALL_TIMEOUT_S: u32 = 3600;
+/// Upper bound for the first boot (apt-get over slirp included).
+pub const FIRST_BOOT_TIMEOUT_S: u32 = 1800;
+/// The API must answer within this many 2-second retries after the VM starts (5 minutes).
+pub const API_WAIT_TRIES: u32 = 150;
+
+/// What went wrong, naming the flag or file and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    /// A bad or missing command-line value.
+    #[error("--{flag}: {message}")]
+    Arg {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// No usable KVM for a real run.
+    #[error(
+        "a real run needs KVM: {reason}. TCG (software emulation) is far too slow for Proxmox VE \
+         — the install takes hours and its guests time out — so nested-pve refuses to use it. Run \
+         on a host with VT-x/AMD-V, nested virtualisation on and read-write access to /dev/kvm, \
+         or pass --dry-run to review the plan"
+    )]
+    NoKvm {
+        /// Why KVM is unusable.
+        reason: String,
+    },
+    /// The base image was built from different inputs.
+    #[error(
+        "{base} was built from another recipe (ISO, answer file, first-boot script or disk size \
+         changed): pass --rebuild to install afresh, or --dir for a separate directory"
+    )]
+    BaseRecipeChanged {
+        /// The base image.
+        base: PathBuf,
+    },
+    /// `prepare-iso` cannot run here.
+    #[error(
+        "preparing the ISO needs proxmox-auto-install-assistant (a Proxmox package) or a \
+         container runtime (docker or podman) to install it in {CONTAINER_IMAGE}; install one"
+    )]
+    NoPrepareTool,
+    /// A VM from an earlier run is still up.
+    #[error(
+        "a nested PVE is already running (pid {pid}, pidfile {}): stop it with \
+         `cargo xtask nested-pve --stop --dir {}` or use another --dir",
+        pidfile.display(),
+        dir.display()
+    )]
+    AlreadyRunning {
+        /// QEMU's pid.
+        pid: u32,
+        /// Its pidfile.
+        pidfile: PathBuf,
+        /// The --dir it belongs to.
+        dir: PathBuf,
+    },
+    /// `--stop` with nothing running.
+    #[error("no nested PVE is running for --dir {} (no live pid in {})", dir.display(), pidfile.display())]
+    NotRunning {
+        /// The --dir.
+        dir: PathBuf,
+        /// The pidfile looked at.
+        pidfile: PathBuf,
+    },
+    /// The first boot's results are missing or report a failure.
+    #[error("{}: {message}; see the first boot's console log {}", path.display(), serial_log.display())]
+    Results {
+        /// The results file.
+        path: PathBuf,
+        /// Console log of the first boot.
+        serial_log: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A step of the plan failed.
+    #[error("step {step} failed: {what}")]
+    Step {
+        /// 1-based step number, as the dry run prints it.
+        step: usize,
+        /// What failed.
+        what: String,
+    },
+}
+
+/// Where the ISO comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IsoSource {
+    /// Downloaded into `DIR/iso/` (once).
+    Url(String),
+    /// A local file, used in place.
+    Path(PathBuf),
+}
+
+impl IsoSource {
+    fn file_name(&self) -> String {
+        match self {
+            IsoSource::Url(u) => u.rsplit('/').next().unwrap_or("proxmox-ve.iso").to_owned(),
+            IsoSource::Path(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `--iso PATH|URL`.
+    pub iso: IsoSource,
+    /// `--iso-sha256 HEX` (defaults to the pinned value for the pinned ISO).
+    pub iso_sha256: Option<String>,
+    /// `--dir DIR` (absolute).
+    pub dir: PathBuf,
+    /// `--cpus N`.
+    pub cpus: Option<u32>,
+    /// `--memory-mib N`.
+    pub memory_mib: Option<u64>,
+    /// `--disk-gib N`.
+    pub disk_gib: u32,
+    /// `--api-port PORT`.
+    pub api_port: u16,
+    /// `--config PATH`: the instances file (default `DIR/instances.json`).
+    pub config: Option<PathBuf>,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    /// `--keep`: reuse the previous run's overlay instead of a fresh one.
+    pub keep: bool,
+    /// `--rebuild`: install a new base even if one exists.
+    pub rebuild: bool,
+    /// `--stop`: stop the running VM.
+    pub stop: bool,
+}
+
+/// `cargo xtask nested-pve --help`.
+pub const USAGE: &str = "\
+cargo xtask nested-pve [OPTIONS]
+
+Builds (once) and boots a nested Proxmox VE with QEMU/KVM; writes the e2e suite's instances file.
+
+  --iso PATH|URL       installer ISO (default: the pinned PVE 9.2-1 download)
+  --iso-sha256 HEX     its SHA-256 (required unless the ISO is the pinned one)
+  --dir DIR            working directory (default: ~/.cache/pvesandbox/nested-pve)
+  --cpus N             vCPUs (default: 75% of the host's, at least 2)
+  --memory-mib N       memory (default: 75% of the host's, at least 4096)
+  --disk-gib N         sparse base disk size (default: 64)
+  --api-port PORT      host port for the API on 127.0.0.1 (default: 18006)
+  --config PATH        instances file to write (default: DIR/instances.json)
+  --dry-run            print every command and file instead of running; needs no KVM, no ISO
+  --keep               boot the previous run's overlay again instead of a fresh one
+  --rebuild            install a new base image even if one exists
+  --stop               stop the nested PVE started from DIR
+";
+
+fn default_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    Path::new(&home).join(".cache/pvesandbox/nested-pve")
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
+}
+
+/// Parses the arguments after `nested-pve`; `Ok(None)` means `--help` was printed.
+pub fn parse_args(args: &[String]) -> Result<Option<Options>, NestedError> {
+    let mut o = Options {
+        iso: IsoSource::Url(DEFAULT_ISO_URL.into()),
+        iso_sha256: None,
+        dir: default_dir(),
+        cpus: None,
+        memory_mib: None,
+        disk_gib: DEFAULT_DISK_GIB,
+        api_port: DEFAULT_API_PORT,
+        config: None,
+        dry_run: false,
+        keep: false,
+        rebuild: false,
+        stop: false,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |flag: &'static str| {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| NestedError::Arg {
+                    flag,
+                    message: "needs a value".into(),
+                })
+        };
+        fn num<T: std::str::FromStr>(flag: &'static str, v: String) -> Result<T, NestedError> {
+            v.parse().map_err(|_| NestedError::Arg {
+                flag,
+                message: format!("{v:?} is not a valid number"),
+            })
+        }
+        match name {
+            "--iso" => {
+                let v = value("iso")?;
+                o.iso = if v.starts_with("http://") || v.starts_with("https://") {
+                    IsoSource::Url(v)
+                } else {
+                    IsoSource::Path(absolute(v.into()))
+                };
+            }
+            "--iso-sha256" => {
+                let v = value("iso-sha256")?.to_ascii_lowercase();
+                if v.len() != 64 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(NestedError::Arg {
+                        flag: "iso-sha256",
+                        message: format!("{v:?} is not a SHA-256 (64 hex digits)"),
+                    });
+                }
+                o.iso_sha256 = Some(v);
+            }
+            "--dir" => o.dir = absolute(value("dir")?.into()),
+            "--cpus" => o.cpus = Some(num("cpus", value("cpus")?)?),
+            "--memory-mib" => o.memory_mib = Some(num("memory-mib", value("memory-mib")?)?),
+            "--disk-gib" => {
+                o.disk_gib = num("disk-gib", value("disk-gib")?)?;
+                if o.disk_gib < 16 {
+                    return Err(NestedError::Arg {
+                        flag: "disk-gib",
+                        message: "Proxmox VE needs at least 16 GiB (the disk is sparse)".into(),
+                    });
+                }
+            }
+            "--api-port" => {
+                o.api_port = num("api-port", value("api-port")?)?;
+                if o.api_port == 0 {
+                    return Err(NestedError::Arg {
+                        flag: "api-port",
+                        message: "0 is not a port; pick a free one, e.g. 18006".into(),
+                    });
+                }
+            }
+            "--config" => o.config = Some(absolute(value("config")?.into())),
+            "--dry-run" => o.dry_run = true,
+            "--keep" => o.keep = true,
+            "--rebuild" => o.rebuild = true,
+            "--stop" => o.stop = true,
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            other => {
+                return Err(NestedError::Arg {
+                    flag: "help",
+                    message: format!(
+                        "unknown argument {other:?}; see `cargo xtask nested-pve --help`"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(Some(o))
+}
+
+/// How `prepare-iso` will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prepare {
+    /// `proxmox-auto-install-assistant` is on the host.
+    Native,
+    /// In a container, with this runtime (`docker` or `podman`).
+    Container(String),
+}
+
+/// Facts about the host the plan depends on (read once; tests make their own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// `/proc/cpuinfo`.
+    pub cpuinfo: String,
+    /// `/proc/meminfo`.
+    pub meminfo: String,
+    /// `Ok` when KVM is usable for nesting, else why not.
+    pub kvm: Result<(), String>,
+    /// How to prepare the ISO; `None` when neither way is available.
+    pub prepare: Option<Prepare>,
+    /// Owner for files a container creates.
+    pub uid: u32,
+    /// Group for files a container creates.
+    pub gid: u32,
+}
+
+/// Whether KVM can run a nested hypervisor: the CPU flag, `/dev/kvm`, the nested parameter.
+pub fn kvm_status(cpuinfo: &str, dev_kvm: &Path, nested_params: &[&Path]) -> Result<(), String> {
+    let flags = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .unwrap_or_default();
+    if !flags.split_whitespace().any(|f| f == "vmx" || f == "svm") {
+        return Err(format!(
+            "the CPU shows neither vmx nor svm, so {} cannot give a guest hardware \
+             virtualisation to nest",
+            dev_kvm.display()
+        ));
+    }
+    if let Err(e) = fs::OpenOptions::new().read(true).write(true).open(dev_kvm) {
+        return Err(format!(
+            "{} cannot be opened read-write ({e})",
+            dev_kvm.display()
+        ));
+    }
+    for p in nested_params {
+        if let Ok(v) = fs::read_to_string(p)
+            && matches!(v.trim(), "N" | "0")
+        {
+            return Err(format!(
+                "nested virtualisation is off ({} = {}); enable it, e.g. \
+                 `modprobe -r kvm_intel && modprobe kvm_intel nested=1`",
+                p.display(),
+                v.trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Host {
+    /// Reads the real host.
+    pub fn detect() -> Host {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let kvm = kvm_status(
+            &cpuinfo,
+            Path::new("/dev/kvm"),
+            &[
+                Path::new("/sys/module/kvm_intel/parameters/nested"),
+                Path::new("/sys/module/kvm_amd/parameters/nested"),
+            ],
+        );
+        let prepare = if crate::guest_image::on_path("proxmox-auto-install-assistant") {
+            Some(Prepare::Native)
+        } else {
+            ["podman", "docker"]
+                .into_iter()
+                .find(|r| crate::guest_image::on_path(r))
+                .map(|r| Prepare::Container(r.into()))
+        };
+        let id = |flag: &str| {
+            std::process::Command::new("id")
+                .arg(flag)
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Host {
+            cpuinfo,
+            meminfo: fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+            kvm,
+            prepare,
+            uid: id("-u"),
+            gid: id("-g"),
+        }
+    }
+}
+
+/// Paths inside `--dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+    /// The installed system, kept read-only as every overlay's backing file.
+    pub fn base(&self) -> PathBuf {
+        self.p("base.qcow2")
+    }
+    /// The first boot's results (token, fingerprint, node), mode 600.
+    pub fn base_results(&self) -> PathBuf {
+        self.p("base.results")
+    }
+    /// Hash of the inputs the base was built from.
+    pub fn base_recipe(&self) -> PathBuf {
+        self.p("base.recipe")
+    }
+    /// Working files of a build.
+    pub fn build(&self) -> PathBuf {
+        self.p("build")
+    }
+    /// Downloaded ISOs.
+    pub fn iso_dir(&self) -> PathBuf {
+        self.p("iso")
+    }
+    /// Per-run files.
+    pub fn run(&self) -> PathBuf {
+        self.p("run")
+    }
+    /// The run's overlay.
+    pub fn overlay(&self) -> PathBuf {
+        self.p("run/overlay.qcow2")
+    }
+    /// QEMU's pidfile for the run.
+    pub fn pidfile(&self) -> PathBuf {
+        self.p("run/qemu.pid")
+    }
+}
+
+/// What already exists in `--dir` (read once; tests make their own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// `base.qcow2` and `base.results` exist.
+    pub base: bool,
+    /// Contents of `base.recipe`.
+    pub base_recipe: Option<String>,
+    /// `run/overlay.qcow2` exists.
+    pub overlay: bool,
+    /// Pid of a live QEMU from the pidfile.
+    pub running_pid: Option<u32>,
+    /// The URL's ISO is already downloaded.
+    pub iso_cached: bool,
+}
+
+impl Observed {
+    /// Looks at the directory.
+    pub fn read(layout: &Layout, iso: &IsoSource) -> Observed {
+        let running_pid = fs::read_to_string(layout.pidfile())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|pid| {
+                // A stale pidfile after a host reboot may name an unrelated process.
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pvesandbox-nested"))
+            });
+        Observed {
+            base: layout.base().is_file() && layout.base_results().is_file(),
+            base_recipe: fs::read_to_string(layout.base_recipe())
+                .ok()
+                .map(|s| s.trim().to_owned()),
+            overlay: layout.overlay().is_file(),
+            running_pid,
+            iso_cached: matches!(iso, IsoSource::Url(_))
+                && layout.iso_dir().join(iso.file_name()).is_file(),
+        }
+    }
+}
+
+/// The token's owner and name, and where the results disk appears in the VM.
+pub fn first_boot() -> FirstBoot {
+    FirstBoot {
+        user: "pvesandbox".into(),
+        realm: "pve".into(),
+        token_name: "e2e".into(),
+        results_device: "/dev/vdb".into(),
+    }
+}
+
+fn answer(root_password: &str) -> Answer {
+    Answer {
+        fqdn: FQDN.into(),
+        root_password: root_password.into(),
+        filesystem: "ext4".into(),
+        disk: "vda".into(),
+    }
+}
+
+/// Hash of everything the base image depends on (the random root password excluded).
+pub fn recipe(iso_sha256: &str, disk_gib: u32) -> String {
+    let mut h = Sha256::new();
+    h.update(iso_sha256.as_bytes());
+    h.update(answer("<password>").render().as_bytes());
+    h.update(first_boot().render().as_bytes());
+    h.update(disk_gib.to_le_bytes());
+    format!("{:x}", h.finalize())
+}
+
+fn iso_checksum(o: &Options) -> Result<String, NestedError> {
+    if let Some(s) = &o.iso_sha256 {
+        return Ok(s.clone());
+    }
+    let pinned_name = IsoSource::Url(DEFAULT_ISO_URL.into()).file_name();
+    match &o.iso {
+        IsoSource::Url(u) if u == DEFAULT_ISO_URL => Ok(DEFAULT_ISO_SHA256.into()),
+        IsoSource::Path(_) if o.iso.file_name() == pinned_name => Ok(DEFAULT_ISO_SHA256.into()),
+        _ => Err(NestedError::Arg {
+            flag: "iso-sha256",
+            message: format!(
+                "{} is not the pinned ISO ({pinned_name}); give its SHA-256 from Proxmox's \
+                 download page",
+                o.iso.file_name()
+            ),
+        }),
+    }
+}
+
+fn cmd(why: &str, program: &str, args: &[&str]) -> Step {
+    Step::Command {
+        why: why.into(),
+        program: program.into(),
+        args: args.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn ps(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The script that runs `prepare-iso` inside the container.
+pub fn container_script() -> String {
+    format!(
+        r#"#!/bin/bash
+# Runs inside {CONTAINER_IMAGE} (generated by `cargo xtask nested-pve`): installs
+# proxmox-auto-install-assistant from Proxmox's no-subscription repository (it only ships as a
+# PVE package) and bakes the answer file and first-boot script into the ISO.
+# $1 is the original ISO (mounted read-only); /work holds the inputs and receives prepared.iso.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends ca-certificates curl xorriso
+# Proxmox's archive key for trixie, authenticated by HTTPS from Proxmox itself.
+curl -fsSL -o /usr/share/keyrings/proxmox-archive-keyring.gpg \
+  https://enterprise.proxmox.com/debian/proxmox-archive-keyring-trixie.gpg
+cat > /etc/apt/sources.list.d/pve-no-subscription.sources <<'EOF'
+Types: deb
+URIs: http://download.proxmox.com/debian/pve
+Suites: trixie
+Components: pve-no-subscription
+Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg
+EOF
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends proxmox-auto-install-assistant
+proxmox-auto-install-assistant validate-answer /work/answer.toml
+proxmox-auto-install-assistant prepare-iso "$1" --fetch-from iso \
+  --answer-file /work/answer.toml --on-first-boot /work/first-boot.sh \
+  --output /work/prepared.iso
+chown "$HOST_UID:$HOST_GID" /work/prepared.iso
+"#
+    )
+}
+
+/// Plans a build (when needed) and a run, or a stop.
+pub fn plan(
+    o: &Options,
+    host: &Host,
+    seen: &Observed,
+    root_password: &str,
+) -> Result<Plan, NestedError> {
+    let l = Layout { dir: o.dir.clone() };
+    let mut p = Plan::default();
+
+    if o.stop {
+        let pid = seen.running_pid.ok_or_else(|| NestedError::NotRunning {
+            dir: l.dir.clone(),
+            pidfile: l.pidfile(),
+        })?;
+        p.steps.push(cmd(
+            "stop the nested PVE (QEMU exits; the overlay stays for --keep)",
+            "kill",
+            &[&pid.to_string()],
+        ));
+        p.steps
+            .push(cmd("forget the pid", "rm", &["-f", &ps(&l.pidfile())]));
+        return Ok(p);
+    }
+    if let Some(pid) = seen.running_pid {
+        return Err(NestedError::AlreadyRunning {
+            pid,
+            pidfile: l.pidfile(),
+            dir: l.dir.clone(),
+        });
+    }
+
+    let m = sizing::size(&host.cpuinfo, &host.meminfo, o.cpus, o.memory_mib)?;
+    p.notes.push(format!(
+        "VM size: {} vCPUs, {} MiB (override with --cpus/--memory-mib)",
+        m.cpus, m.memory_mib
+    ));
+    match &host.kvm {
+        Ok(()) => p.notes.push("KVM: usable for nesting".into()),
+        Err(why) => p.notes.push(format!(
+            "KVM: not usable ({why}); a real run stops before step 1"
+        )),
+    }
+
+    let sha = iso_checksum(o)?;
+    let recipe = recipe(&sha, o.disk_gib);
+    let build = o.rebuild || !seen.base;
+    if !build && seen.base_recipe.as_deref() != Some(recipe.as_str()) {
+        return Err(NestedError::BaseRecipeChanged { base: l.base() });
+    }
+    if build {
+        plan_build(&mut p, o, host, seen, &l, m, &sha, &recipe, root_password)?;
+    } else {
+        p.notes.push(format!(
+            "base image: {} (built, recipe matches)",
+            ps(&l.base())
+        ));
+    }
+    plan_run(&mut p, o, seen, &l, m);
+    Ok(p)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_build(
+    p: &mut Plan,
+    o: &Options,
+    host: &Host,
+    seen: &Observed,
+    l: &Layout,
+    m: Machine,
+    sha: &str,
+    recipe: &str,
+    root_password: &str,
+) -> Result<(), NestedError> {
+    let b = l.build();
+    let f = |name: &str| b.join(name);
+    p.notes.push(format!(
+        "base image: none at {} (or --rebuild): install first",
+        ps(&l.base())
+    ));
+    p.steps.push(cmd(
+        "working directories",
+        "mkdir",
+        &["-p", &ps(&b), &ps(&l.iso_dir())],
+    ));
+
+    // 1. The ISO, checked before anything reads it.
+    let download = matches!(o.iso, IsoSource::Url(_)) && !seen.iso_cached;
+    let iso = match &o.iso {
+        IsoSource::Path(path) => path.clone(),
+        IsoSource::Url(url) => {
+            let iso = l.iso_dir().join(o.iso.file_name());
+            if seen.iso_cached {
+                p.notes.push(format!(
+                    "ISO: {} (downloaded earlier; checked again)",
+                    ps(&iso)
+                ));
+            } else {
+                let partial = format!("{}.partial", ps(&iso));
+                p.steps.push(cmd(
+                    "download the ISO (resumes a partial download)",
+                    "curl",
+                    &[
+                        "--fail",
+                        "--location",
+                        "--continue-at",
+                        "-",
+                        "--output",
+                        &partial,
+                        url,
+                    ],
+                ));
+                p.steps.push(Step::WriteFile {
+                    why: "the published checksum of the download".into(),
+                    path: f("iso.sha256"),
+                    contents: format!("{sha}  {partial}\n"),
+                    mode: 0o644,
+                    secrets: vec![],
+                });
+                p.steps.push(cmd(
+                    "check the download",
+                    "sha256sum",
+                    &["--check", "--strict", &ps(&f("iso.sha256"))],
+                ));
+                p.steps
+                    .push(cmd("keep the checked ISO", "mv", &[&partial, &ps(&iso)]));
+            }
+            iso
+        }
+    };
+    if !download {
+        p.steps.push(Step::WriteFile {
+            why: "the expected checksum of the ISO".into(),
+            path: f("iso.sha256"),
+            contents: format!("{sha}  {}\n", ps(&iso)),
+            mode: 0o644,
+            secrets: vec![],
+        });
+        p.steps.push(cmd(
+            "check the ISO",
+            "sha256sum",
+            &["--check", "--strict", &ps(&f("iso.sha256"))],
+        ));
+    }
+
+    // 2. The inputs of the unattended install.
+    p.steps.push(Step::WriteFile {
+        why: "root password of the nested PVE (for its console; clients use the token)".into(),
+        path: l.dir.join("root-password"),
+        contents: format!("{root_password}\n"),
+        mode: 0o600,
+        secrets: vec![root_password.into()],
+    });
+    p.steps.push(Step::WriteFile {
+        why: "answer file for the automated installer".into(),
+        path: f("answer.toml"),
+        contents: answer(root_password).render(),
+        mode: 0o600,
+        secrets: vec![root_password.into()],
+    });
+    p.steps.push(Step::WriteFile {
+        why: "first-boot script (runs once in the installed system, then powers off)".into(),
+        path: f("first-boot.sh"),
+        contents: first_boot().render(),
+        mode: 0o755,
+        secrets: vec![],
+    });
+
+    // 3. prepare-iso: answer file and first-boot script into the ISO.
+    let prepared = f("prepared.iso");
+    match &host.prepare {
+        Some(Prepare::Native) => {
+            p.steps.push(cmd(
+                "check the answer file with the installer's own parser",
+                "proxmox-auto-install-assistant",
+                &["validate-answer", &ps(&f("answer.toml"))],
+            ));
+            p.steps.push(cmd(
+                "bake the answer file and first-boot script into a copy of the ISO",
+                "proxmox-auto-install-assistant",
+                &[
+                    "prepare-iso",
+                    &ps(&iso),
+                    "--fetch-from",
+                    "iso",
+                    "--answer-file",
+                    &ps(&f("answer.toml")),
+                    "--on-first-boot",
+                    &ps(&f("first-boot.sh")),
+                    "--output",
+                    &ps(&prepared),
+                ],
+            ));
+        }
+        other => {
+            let runtime = match other {
+                Some(Prepare::Container(r)) => r.clone(),
+                _ => {
+                    if !o.dry_run {
+                        return Err(NestedError::NoPrepareTool);
+                    }
+                    p.notes.push(
+                        "prepare-iso: neither proxmox-auto-install-assistant nor docker/podman \
+                         found; showing the docker path (a real run stops here)"
+                            .into(),
+                    );
+                    "docker".into()
+                }
+            };
+            p.steps.push(Step::WriteFile {
+                why: format!("prepare-iso inside {CONTAINER_IMAGE} (the tool is a PVE package)"),
+                path: f("prepare-iso.sh"),
+                contents: container_script(),
+                mode: 0o755,
+                secrets: vec![],
+            });
+            let iso_dir = iso.parent().map(ps).unwrap_or_else(|| "/".into());
+            p.steps.push(cmd(
+                "bake the answer file and first-boot script into a copy of the ISO (needs the \
+                 network: Debian and Proxmox package repositories)",
+                &runtime,
+                &[
+                    "run",
+                    "--rm",
+                    "--volume",
+                    &format!("{iso_dir}:/iso:ro"),
+                    "--volume",
+                    &format!("{}:/work", ps(&b)),
+                    "--env",
+                    &format!("HOST_UID={}", host.uid),
+                    "--env",
+                    &format!("HOST_GID={}", host.gid),
+                    CONTAINER_IMAGE,
+                    "bash",
+                    "/work/prepare-iso.sh",
+                    &format!("/iso/{}", o.iso.file_name()),
+                ],
+            ));
+        }
+    }
+
+    // 4. Install, then the first boot.
+    let disk = f("base.qcow2");
+    let results = f("results.img");
+    let install_log = f("install-console.log");
+    let first_log = f("first-boot-console.log");
+    p.steps.push(cmd(
+        "empty target disk (sparse)",
+        "qemu-img",
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            &ps(&disk),
+            &format!("{}G", o.disk_gib),
+        ],
+    ));
+    let mut install = vec![INSTALL_TIMEOUT_S.to_string(), "qemu-system-x86_64".into()];
+    install.extend(qemu::install_args(m, &disk, &prepared, &install_log));
+    p.steps.push(Step::Command {
+        why: format!(
+            "unattended install from the prepared ISO; the installer powers off when done \
+             (console: {})",
+            ps(&install_log)
+        ),
+        program: "timeout".into(),
+        args: install,
+    });
+    p.steps.push(cmd(
+        "results disk the first-boot script writes the token onto (vdb in the VM)",
+        "qemu-img",
+        &["create", "-f", "raw", &ps(&results), "1M"],
+    ));
+    let mut first = vec![
+        FIRST_BOOT_TIMEOUT_S.to_string(),
+        "qemu-system-x86_64".into(),
+    ];
+    first.extend(qemu::first_boot_args(m, &disk, &results, &first_log));
+    p.steps.push(Step::Command {
+        why: format!(
+            "first boot: the first-boot script prepares the node, creates the token, powers off \
+             (console: {})",
+            ps(&first_log)
+        ),
+        program: "timeout".into(),
+        args: first,
+    });
+    p.steps.push(Step::CheckResults {
+        results: results.clone(),
+        serial_log: first_log,
+    });
+
+    // 5. Keep the result; drop what holds the root password or is large.
+    p.steps.push(cmd(
+        "keep the installed disk as the base image",
+        "mv",
+        &[&ps(&disk), &ps(&l.base())],
+    ));
+    p.steps.push(cmd(
+        "keep the token with it",
+        "mv",
+        &[&ps(&results), &ps(&l.base_results())],
+    ));
+    p.steps.push(cmd(
+        "the token is a secret",
+        "chmod",
+        &["600", &ps(&l.base_results())],
+    ));
+    p.steps.push(Step::WriteFile {
+        why: "what the base was built from (a change means --rebuild)".into(),
+        path: l.base_recipe(),
+        contents: format!("{recipe}\n"),
+        mode: 0o644,
+        secrets: vec![],
+    });
+    p.steps.push(cmd(
+        "remove the prepared ISO and answer file (they hold the root password)",
+        "rm",
+        &["-f", &ps(&prepared), &ps(&f("answer.toml"))],
+    ));
+    Ok(())
+}
+
+fn plan_run(p: &mut Plan, o: &Options, seen: &Observed, l: &Layout, m: Machine) {
+    let overlay = l.overlay();
+    p.steps
+        .push(cmd("run directory", "mkdir", &["-p", &ps(&l.run())]));
+    // An overlay on a base that was just rebuilt would read garbage: only a kept base keeps it.
+    if o.keep && seen.overlay && seen.base && !o.rebuild {
+        p.notes
+            .push(format!("overlay: reusing {} (--keep)", ps(&overlay)));
+    } else {
+        p.steps.push(cmd(
+            "fresh overlay on the base: every run starts from the just-installed node",
+            "qemu-img",
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-b",
+                &ps(&l.base()),
+                "-F",
+                "qcow2",
+                &ps(&overlay),
+            ],
+        ));
+    }
+    let run = qemu::run_args(
+        m,
+        &overlay,
+        o.api_port,
+        &l.run().join("console.log"),
+        &l.pidfile(),
+    );
+    p.steps.push(Step::Command {
+        why: format!(
+            "boot the overlay in the background, API on https://127.0.0.1:{}",
+            o.api_port
+        ),
+        program: "qemu-system-x86_64".into(),
+        args: run,
+    });
+    p.steps.push(cmd(
+        "wait until the API answers (no credentials are sent, so the certificate is not checked here; \
+         the instances file pins it)",
+        "curl",
+        &[
+            "--silent", "--show-error", "--fail", "--insecure", "--output", "/dev/null",
+            "--max-time", "10", "--retry", &API_WAIT_TRIES.to_string(), "--retry-delay", "2",
+            "--retry-all-errors", &format!("https://127.0.0.1:{}/", o.api_port),
+        ],
+    ));
+    let fb = first_boot();
+    p.steps.push(Step::WriteInstances {
+        path: o
+            .config
+            .clone()
+            .unwrap_or_else(|| l.dir.join("instances.json")),
+        results: l.base_results(),
+        instance: InstanceTemplate {
+            instance_id: "nested-pve".into(),
+            pool_id: "nested".into(),
+            host: "127.0.0.1".into(),
+            port: o.api_port,
+            image_storage: "local-lvm".into(),
+            user: fb.user.clone(),
+            user_realm: fb.realm.clone(),
+            token_id: fb.token_id(),
+        },
+    });
+}
+
+/// A random root password (24 characters of `[A-Za-z0-9]`).
+fn random_password() -> std::io::Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut bytes)?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect())
+}
+
+/// The `nested-pve` task.
+pub fn main(sh: &xshell::Shell, args: &[String]) -> anyhow::Result<()> {
+    let Some(o) = parse_args(args)? else {
+        return Ok(());
+    };
+    let host = Host::detect();
+    let seen = Observed::read(&Layout { dir: o.dir.clone() }, &o.iso);
+    let plan = plan(&o, &host, &seen, &random_password()?)?;
+    if o.dry_run {
+        print!("{}", plan.render());
+        return Ok(());
+    }
+    if !o.stop {
+        host.kvm
+            .clone()
+            .map_err(|reason| NestedError::NoKvm { reason })?;
+        if !crate::guest_image::on_path("qemu-system-x86_64")
+            || !crate::guest_image::on_path("qemu-img")
+        {
+            // The same QEMU the guest-image task installs (bookworm-backports).
+            crate::guest_image::host_packages(sh)?;
+        }
+    }
+    plan.execute()?;
+    if !o.stop {
+        let config = o
+            .config
+            .clone()
+            .unwrap_or_else(|| o.dir.join("instances.json"));
+        println!("api=https://127.0.0.1:{}", o.api_port);
+        println!("config={}", config.display());
+        println!(
+            "stop: cargo xtask nested-pve --stop --dir {}",
+            o.dir.display()
+        );
+    }
+    Ok(())
+}
