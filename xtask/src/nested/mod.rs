@@ -1040,3 +1040,368 @@ pub fn main(sh: &xshell::Shell, args: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> Host {
+        Host {
+            cpuinfo: (0..8)
+                .map(|i| format!("processor\t: {i}\nflags\t\t: fpu vmx\n\n"))
+                .collect(),
+            meminfo: "MemTotal:       16777216 kB\n".into(),
+            kvm: Ok(()),
+            prepare: Some(Prepare::Container("docker".into())),
+            uid: 1000,
+            gid: 1000,
+        }
+    }
+
+    fn opts(extra: &[&str]) -> Options {
+        let mut args: Vec<String> = ["--dir", "/nested", "--iso", "/isos/proxmox-ve_9.2-1.iso"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        parse_args(&args).unwrap().unwrap()
+    }
+
+    fn built(o: &Options) -> Observed {
+        Observed {
+            base: true,
+            base_recipe: Some(recipe(&iso_checksum(o).unwrap(), o.disk_gib)),
+            ..Observed::default()
+        }
+    }
+
+    /// The programs of the command steps, with `timeout`'s wrapped program after it.
+    fn programs(p: &Plan) -> Vec<String> {
+        p.steps
+            .iter()
+            .map(|s| match s {
+                Step::Command { program, args, .. } if program == "timeout" => {
+                    format!("timeout {}", args[1])
+                }
+                Step::Command { program, .. } => program.clone(),
+                Step::WriteFile { path, .. } => format!("write {}", path.display()),
+                Step::CheckResults { .. } => "check-results".into(),
+                Step::WriteInstances { .. } => "write-instances".into(),
+            })
+            .collect()
+    }
+
+    fn position(p: &Plan, needle: &str) -> usize {
+        p.steps
+            .iter()
+            .position(|s| s.command_line().is_some_and(|l| l.contains(needle)))
+            .unwrap_or_else(|| panic!("no step runs {needle:?}:\n{}", p.render()))
+    }
+
+    #[test]
+    fn without_a_base_it_installs_first_then_boots_an_overlay() {
+        let o = opts(&[]);
+        let p = plan(&o, &host(), &Observed::default(), "pw").unwrap();
+        let install = position(&p, "media=cdrom");
+        let first_boot = position(&p, "results.img,if=virtio,format=raw");
+        let keep_base = position(&p, "mv /nested/build/base.qcow2 /nested/base.qcow2");
+        let overlay = position(
+            &p,
+            "-b /nested/base.qcow2 -F qcow2 /nested/run/overlay.qcow2",
+        );
+        let run = position(&p, "hostfwd=tcp:127.0.0.1:18006-10.0.2.15:8006");
+        assert!(
+            install < first_boot && first_boot < keep_base && keep_base < overlay && overlay < run
+        );
+        let check = p
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::CheckResults { .. }))
+            .unwrap();
+        assert!(
+            first_boot < check && check < keep_base,
+            "the base is kept only after the check"
+        );
+        assert!(matches!(p.steps.last(), Some(Step::WriteInstances { .. })));
+    }
+
+    #[test]
+    fn with_a_base_it_only_boots_an_overlay() {
+        let o = opts(&[]);
+        let p = plan(&o, &host(), &built(&o), "pw").unwrap();
+        assert_eq!(
+            programs(&p),
+            [
+                "mkdir",
+                "qemu-img",
+                "qemu-system-x86_64",
+                "curl",
+                "write-instances"
+            ]
+        );
+        assert!(p.render().contains(
+            "qemu-img create -f qcow2 -b /nested/base.qcow2 -F qcow2 /nested/run/overlay.qcow2"
+        ));
+    }
+
+    #[test]
+    fn a_base_from_another_recipe_needs_rebuild() {
+        let o = opts(&["--disk-gib", "32"]);
+        let mut seen = built(&opts(&[]));
+        let e = plan(&o, &host(), &seen, "pw").unwrap_err().to_string();
+        assert!(
+            e.contains("--rebuild") && e.contains("/nested/base.qcow2"),
+            "{e}"
+        );
+        seen.overlay = true;
+        let p = plan(
+            &opts(&["--disk-gib", "32", "--rebuild", "--keep"]),
+            &host(),
+            &seen,
+            "pw",
+        )
+        .unwrap();
+        position(&p, "media=cdrom");
+        // A rebuilt base invalidates the old overlay even with --keep.
+        position(&p, "-b /nested/base.qcow2");
+    }
+
+    #[test]
+    fn keep_reuses_the_previous_overlay() {
+        let o = opts(&["--keep"]);
+        let mut seen = built(&o);
+        seen.overlay = true;
+        let p = plan(&o, &host(), &seen, "pw").unwrap();
+        assert_eq!(
+            programs(&p),
+            ["mkdir", "qemu-system-x86_64", "curl", "write-instances"]
+        );
+        seen.overlay = false;
+        let p = plan(&o, &host(), &seen, "pw").unwrap();
+        position(&p, "-b /nested/base.qcow2");
+    }
+
+    #[test]
+    fn a_running_vm_blocks_a_second_start_and_stop_ends_it() {
+        let o = opts(&[]);
+        let mut seen = built(&o);
+        seen.running_pid = Some(4242);
+        let e = plan(&o, &host(), &seen, "pw").unwrap_err().to_string();
+        assert!(
+            e.contains("4242") && e.contains("--stop --dir /nested"),
+            "{e}"
+        );
+        let p = plan(&opts(&["--stop"]), &host(), &seen, "pw").unwrap();
+        assert_eq!(p.steps[0].command_line().unwrap(), "kill 4242");
+        seen.running_pid = None;
+        let e = plan(&opts(&["--stop"]), &host(), &seen, "pw")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no nested PVE is running"), "{e}");
+    }
+
+    #[test]
+    fn the_iso_is_downloaded_once_and_always_checked() {
+        let url = |extra: &[&str]| {
+            let mut a: Vec<String> = vec!["--dir".into(), "/nested".into()];
+            a.extend(extra.iter().map(|s| s.to_string()));
+            parse_args(&a).unwrap().unwrap()
+        };
+        let o = url(&[]);
+        let p = plan(&o, &host(), &Observed::default(), "pw").unwrap();
+        let r = p.render();
+        assert!(
+            r.contains(&format!(
+                "--output /nested/iso/proxmox-ve_9.2-1.iso.partial {DEFAULT_ISO_URL}"
+            )),
+            "{r}"
+        );
+        assert!(r.contains(&format!(
+            "{DEFAULT_ISO_SHA256}  /nested/iso/proxmox-ve_9.2-1.iso.partial"
+        )));
+        assert!(
+            position(&p, "sha256sum --check")
+                < position(&p, "mv /nested/iso/proxmox-ve_9.2-1.iso.partial")
+        );
+        let cached = Observed {
+            iso_cached: true,
+            ..Observed::default()
+        };
+        let p = plan(&o, &host(), &cached, "pw").unwrap();
+        assert!(
+            !p.render().contains("--continue-at"),
+            "a downloaded ISO is not fetched again"
+        );
+        assert!(p.render().contains(&format!(
+            "{DEFAULT_ISO_SHA256}  /nested/iso/proxmox-ve_9.2-1.iso"
+        )));
+
+        // Any other ISO needs its checksum.
+        let e = plan(
+            &url(&["--iso", "https://example.invalid/proxmox-ve_9.1-1.iso"]),
+            &host(),
+            &Observed::default(),
+            "pw",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--iso-sha256:") && e.contains("proxmox-ve_9.1-1.iso"),
+            "{e}"
+        );
+        let sha = "ab".repeat(32);
+        let p = plan(
+            &url(&["--iso", "/x/other.iso", "--iso-sha256", &sha]),
+            &host(),
+            &Observed::default(),
+            "pw",
+        )
+        .unwrap();
+        assert!(p.render().contains(&format!("{sha}  /x/other.iso")));
+    }
+
+    #[test]
+    fn prepare_iso_runs_natively_or_in_a_container() {
+        let o = opts(&[]);
+        let mut h = host();
+        h.prepare = Some(Prepare::Native);
+        let p = plan(&o, &h, &Observed::default(), "pw").unwrap();
+        assert!(
+            position(
+                &p,
+                "proxmox-auto-install-assistant validate-answer /nested/build/answer.toml"
+            ) < position(
+                &p,
+                "proxmox-auto-install-assistant prepare-iso /isos/proxmox-ve_9.2-1.iso --fetch-from iso --answer-file /nested/build/answer.toml --on-first-boot /nested/build/first-boot.sh --output /nested/build/prepared.iso"
+            )
+        );
+
+        h.prepare = Some(Prepare::Container("podman".into()));
+        let p = plan(&o, &h, &Observed::default(), "pw").unwrap();
+        position(
+            &p,
+            "podman run --rm --volume /isos:/iso:ro --volume /nested/build:/work --env HOST_UID=1000 --env HOST_GID=1000 debian:trixie-slim bash /work/prepare-iso.sh /iso/proxmox-ve_9.2-1.iso",
+        );
+
+        h.prepare = None;
+        let e = plan(&o, &h, &Observed::default(), "pw")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("proxmox-auto-install-assistant") && e.contains("docker or podman"),
+            "{e}"
+        );
+        let p = plan(&opts(&["--dry-run"]), &h, &Observed::default(), "pw").unwrap();
+        assert!(p.notes.iter().any(|n| n.contains("a real run stops here")));
+        position(&p, "docker run");
+    }
+
+    #[test]
+    fn the_root_password_is_written_but_never_shown() {
+        let p = plan(&opts(&[]), &host(), &Observed::default(), "S3cretRootPw").unwrap();
+        let r = p.render();
+        assert!(!r.contains("S3cretRootPw"));
+        assert!(r.contains("root-password = \"<redacted>\""));
+        let written = p.steps.iter().any(|s| matches!(s, Step::WriteFile { path, contents, mode: 0o600, .. }
+            if path.ends_with("build/answer.toml") && contents.contains("root-password = \"S3cretRootPw\"")));
+        assert!(written);
+    }
+
+    #[test]
+    fn dry_run_matches_the_golden_plan() {
+        let p = plan(&opts(&["--dry-run"]), &host(), &Observed::default(), "pw").unwrap();
+        golden::check("dry-run.txt", &p.render());
+    }
+
+    #[test]
+    fn the_instances_file_loads_with_the_pool_loader() {
+        let p = plan(
+            &opts(&["--api-port", "18123"]),
+            &host(),
+            &Observed::default(),
+            "pw",
+        )
+        .unwrap();
+        let Some(Step::WriteInstances { instance, .. }) = p.steps.last() else {
+            panic!("the plan ends with the instances file");
+        };
+        let fp = (0..32)
+            .map(|i| format!("{i:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let results = plan::Results {
+            token_id: instance.token_id.clone(),
+            token_secret: "0b6e8a4e-1d1b-4f3e-9c39-5c2d8b1f7a10".into(),
+            fingerprint: fp.clone(),
+            node: "pve".into(),
+        };
+        let text = plan::instances_json(instance, &results);
+        let f = pvesandbox_pool::InstancesFile::from_json(&text).unwrap();
+        let i = &f.instances[0];
+        assert_eq!(
+            (i.host.as_str(), i.port, i.node.as_str()),
+            ("127.0.0.1", 18123, "pve")
+        );
+        assert_eq!(i.token_id.as_deref(), Some("pvesandbox@pve!e2e"));
+        assert_eq!(i.fingerprint.as_deref(), Some(fp.as_str()));
+        assert_eq!(
+            i.client().unwrap().api_url(),
+            "https://127.0.0.1:18123/api2/json"
+        );
+    }
+
+    #[test]
+    fn kvm_is_checked_for_the_flag_the_device_and_nesting() {
+        let with_vmx = "processor\t: 0\nflags\t\t: fpu vmx sse\n";
+        let e = kvm_status("flags\t\t: fpu sse\n", Path::new("/dev/kvm"), &[]).unwrap_err();
+        assert!(e.contains("vmx") && e.contains("/dev/kvm"), "{e}");
+        let e = kvm_status(with_vmx, Path::new("/nonexistent/kvm"), &[]).unwrap_err();
+        assert!(
+            e.contains("/nonexistent/kvm cannot be opened read-write"),
+            "{e}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("xtask-kvm-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (dev, nested) = (dir.join("kvm"), dir.join("nested"));
+        fs::write(&dev, "").unwrap();
+        fs::write(&nested, "N\n").unwrap();
+        let e = kvm_status(with_vmx, &dev, &[&nested, Path::new("/nonexistent")]).unwrap_err();
+        assert!(e.contains("nested virtualisation is off"), "{e}");
+        fs::write(&nested, "Y\n").unwrap();
+        assert_eq!(kvm_status(with_vmx, &dev, &[&nested]), Ok(()));
+        fs::remove_dir_all(&dir).unwrap();
+
+        let msg = NestedError::NoKvm { reason: "x".into() }.to_string();
+        assert!(
+            msg.contains("/dev/kvm") && msg.contains("TCG") && msg.contains("--dry-run"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn arguments() {
+        let o = parse_args(&[]).unwrap().unwrap();
+        assert_eq!(o.iso, IsoSource::Url(DEFAULT_ISO_URL.into()));
+        assert_eq!(
+            (o.api_port, o.disk_gib, o.dry_run),
+            (DEFAULT_API_PORT, DEFAULT_DISK_GIB, false)
+        );
+        assert!(o.dir.ends_with(".cache/pvesandbox/nested-pve"));
+        let o = opts(&["--cpus=3", "--memory-mib", "8192", "--config", "/c/i.json"]);
+        assert_eq!((o.cpus, o.memory_mib), (Some(3), Some(8192)));
+        assert_eq!(o.config, Some(PathBuf::from("/c/i.json")));
+        assert_eq!(o.iso, IsoSource::Path("/isos/proxmox-ve_9.2-1.iso".into()));
+        let err = |a: &[&str]| {
+            parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err(&["--iso-sha256", "abc"]).starts_with("--iso-sha256: "));
+        assert!(err(&["--cpus", "many"]).starts_with("--cpus: "));
+        assert!(err(&["--api-port", "0"]).starts_with("--api-port: "));
+        assert!(err(&["--disk-gib", "8"]).starts_with("--disk-gib: "));
+        assert!(err(&["--dir"]).starts_with("--dir: needs a value"));
+        assert!(err(&["--frobnicate"]).contains("unknown argument"));
+    }
+}
