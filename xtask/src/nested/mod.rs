@@ -62,7 +62,7 @@ pub const FQDN: &str = "pve.nested.test";
 pub const INSTALL_TIMEOUT_S: u32 = 3600;
 /// Upper bound for the first boot (apt-get over slirp included).
 pub const FIRST_BOOT_TIMEOUT_S: u32 = 1800;
-/// The API must answer within this many 2-second retries after the VM starts (5 minutes).
+/// Retries (2 s apart, 10 s each at most) for the API to answer after the VM starts.
 pub const API_WAIT_TRIES: u32 = 150;
 
 /// What went wrong, naming the flag or file and what to do about it.
@@ -872,6 +872,11 @@ fn plan_build(
         "qemu-img",
         &["create", "-f", "raw", &ps(&results), "1M"],
     ));
+    p.steps.push(cmd(
+        "the token lands on it: nobody else may read it",
+        "chmod",
+        &["600", &ps(&results)],
+    ));
     let mut first = vec![
         FIRST_BOOT_TIMEOUT_S.to_string(),
         "qemu-system-x86_64".into(),
@@ -898,14 +903,9 @@ fn plan_build(
         &[&ps(&disk), &ps(&l.base())],
     ));
     p.steps.push(cmd(
-        "keep the token with it",
+        "keep the token with it (mode 600 from above)",
         "mv",
         &[&ps(&results), &ps(&l.base_results())],
-    ));
-    p.steps.push(cmd(
-        "the token is a secret",
-        "chmod",
-        &["600", &ps(&l.base_results())],
     ));
     p.steps.push(Step::WriteFile {
         why: "what the base was built from (a change means --rebuild)".into(),
