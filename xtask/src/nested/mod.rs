@@ -14,6 +14,11 @@
 //! instances file the e2e suite reads (`DIR/instances.json`, the peer's format plus our
 //! token and fingerprint fields). `--stop` ends the VM; `--keep` reuses the last overlay.
 //!
+//! Why `--fetch-from iso` and not an answer served over HTTP from a 127.0.0.1 listener (the
+//! guest would reach it as 10.0.2.2): the HTTP mode still needs `prepare-iso` to embed the
+//! mode and URL, so it removes no dependency; it only saves re-preparing the ISO when the
+//! answer changes, which a rebuild does anyway.
+//!
 //! Everything is a [`plan::Plan`] first: `--dry-run` prints it (every command, every file in
 //! full, passwords redacted) and a real run executes the same value. A real run needs KVM
 //! with nested virtualisation; a dry run needs nothing, not even the ISO.
@@ -1018,6 +1023,19 @@ pub fn main(sh: &xshell::Shell, args: &[String]) -> anyhow::Result<()> {
         host.kvm
             .clone()
             .map_err(|reason| NestedError::NoKvm { reason })?;
+        if (o.rebuild || !seen.base)
+            && let IsoSource::Path(iso) = &o.iso
+            && !iso.is_file()
+        {
+            return Err(NestedError::Arg {
+                flag: "iso",
+                message: format!(
+                    "{} does not exist (a dry run accepts that; a real run cannot)",
+                    iso.display()
+                ),
+            }
+            .into());
+        }
         if !crate::guest_image::on_path("qemu-system-x86_64")
             || !crate::guest_image::on_path("qemu-img")
         {
