@@ -67,6 +67,8 @@ pub const FQDN: &str = "pve.nested.test";
 pub const INSTALL_TIMEOUT_S: u32 = 3600;
 /// Upper bound for the first boot (apt-get over slirp included).
 pub const FIRST_BOOT_TIMEOUT_S: u32 = 1800;
+/// Console log of the first boot, in `build/` (kept: it explains a bad token later too).
+const FIRST_BOOT_LOG: &str = "first-boot-console.log";
 /// Retries (2 s apart, 10 s each at most) for the API to answer after the VM starts.
 pub const API_WAIT_TRIES: u32 = 150;
 
@@ -849,7 +851,7 @@ fn plan_build(
     let disk = f("base.qcow2");
     let results = f("results.img");
     let install_log = f("install-console.log");
-    let first_log = f("first-boot-console.log");
+    let first_log = f(FIRST_BOOT_LOG);
     p.steps.push(cmd(
         "empty target disk (sparse)",
         "qemu-img",
@@ -983,6 +985,7 @@ fn plan_run(p: &mut Plan, o: &Options, seen: &Observed, l: &Layout, m: Machine) 
             .clone()
             .unwrap_or_else(|| l.dir.join("instances.json")),
         results: l.base_results(),
+        serial_log: l.build().join(FIRST_BOOT_LOG),
         instance: InstanceTemplate {
             instance_id: "nested-pve".into(),
             pool_id: "nested".into(),
@@ -1366,6 +1369,90 @@ mod tests {
             i.client().unwrap().api_url(),
             "https://127.0.0.1:18123/api2/json"
         );
+    }
+
+    /// The overlay steps of a real plan, run with the real qemu-img on a small base: the
+    /// result is a qcow2 whose backing file is the base. (QEMU itself needs KVM: not run.)
+    #[test]
+    fn the_overlay_steps_make_a_real_overlay_on_the_base() {
+        if !crate::guest_image::on_path("qemu-img") {
+            assert!(std::env::var_os("CI").is_none(), "qemu-img is missing");
+            eprintln!("skipped: qemu-img is missing");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("xtask-overlay-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let o = parse_args(&["--dir".to_string(), dir.display().to_string()])
+            .unwrap()
+            .unwrap();
+        let l = Layout { dir: dir.clone() };
+        let made = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(l.base())
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let p = plan(&o, &host(), &built(&o), "pw").unwrap();
+        let upto = position(&p, "qemu-img create -f qcow2 -b") + 1;
+        Plan {
+            notes: vec![],
+            steps: p.steps[..upto].to_vec(),
+        }
+        .execute()
+        .unwrap();
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(l.overlay())
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["format"], "qcow2");
+        assert_eq!(info["backing-filename"], l.base().display().to_string());
+        assert_eq!(info["backing-filename-format"], "qcow2");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The last step of a real plan, executed: the results disk becomes an instances file
+    /// the pool loads; a results disk from a failed first boot stops it.
+    #[test]
+    fn the_instances_step_reads_the_results_disk() {
+        let dir = std::env::temp_dir().join(format!("xtask-instances-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let o = parse_args(&["--dir".to_string(), dir.display().to_string()])
+            .unwrap()
+            .unwrap();
+        let l = Layout { dir: dir.clone() };
+        let fp = vec!["AB"; 32].join(":");
+        let mut disk = format!(
+            "status=ok\ntoken_id=pvesandbox@pve!e2e\ntoken_secret=s3cr3t-uuid\nfingerprint={fp}\nnode=pve\n"
+        )
+        .into_bytes();
+        disk.resize(4096, 0);
+        fs::write(l.base_results(), &disk).unwrap();
+        let p = plan(&o, &host(), &built(&o), "pw").unwrap();
+        let last = Plan {
+            notes: vec![],
+            steps: vec![p.steps.last().unwrap().clone()],
+        };
+        last.execute().unwrap();
+        let text = fs::read_to_string(dir.join("instances.json")).unwrap();
+        let f = pvesandbox_pool::InstancesFile::from_json(&text).unwrap();
+        assert_eq!(f.instances[0].token_secret.as_deref(), Some("s3cr3t-uuid"));
+        assert_eq!(f.instances[0].node, "pve");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir.join("instances.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        fs::write(l.base_results(), b"status=failed\nline=77\n").unwrap();
+        let e = last.execute().unwrap_err().to_string();
+        assert!(e.contains("status=failed") && e.contains("line 77"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub enum Step {
         path: PathBuf,
         /// The results the token and fingerprint come from.
         results: PathBuf,
+        /// Console log of the first boot that wrote them (named in errors).
+        serial_log: PathBuf,
         /// Everything else.
         instance: InstanceTemplate,
     },
@@ -165,6 +167,7 @@ impl Plan {
                     path,
                     results,
                     instance,
+                    ..
                 } => {
                     let placeholder = Results {
                         token_id: format!("<token_id from {}>", results.display()),
@@ -239,13 +242,14 @@ impl Plan {
                 Step::WriteInstances {
                     path,
                     results,
+                    serial_log,
                     instance,
                 } => {
-                    let r = read_results(results, results)?;
+                    let r = read_results(results, serial_log)?;
                     if r.token_id != instance.token_id {
                         return Err(NestedError::Results {
                             path: results.clone(),
-                            serial_log: results.clone(),
+                            serial_log: serial_log.clone(),
                             message: format!(
                                 "token_id is {:?}, expected {:?}: the base was built by another \
                                  version of this task; rebuild it with --rebuild",
