@@ -692,64 +692,7 @@ fn plan_build(
         &["-p", &ps(&b), &ps(&l.iso_dir())],
     ));
 
-    // 1. The ISO, checked before anything reads it.
-    let download = matches!(o.iso, IsoSource::Url(_)) && !seen.iso_cached;
-    let iso = match &o.iso {
-        IsoSource::Path(path) => path.clone(),
-        IsoSource::Url(url) => {
-            let iso = l.iso_dir().join(o.iso.file_name());
-            if seen.iso_cached {
-                p.notes.push(format!(
-                    "ISO: {} (downloaded earlier; checked again)",
-                    ps(&iso)
-                ));
-            } else {
-                let partial = format!("{}.partial", ps(&iso));
-                p.steps.push(cmd(
-                    "download the ISO (resumes a partial download)",
-                    "curl",
-                    &[
-                        "--fail",
-                        "--location",
-                        "--continue-at",
-                        "-",
-                        "--output",
-                        &partial,
-                        url,
-                    ],
-                ));
-                p.steps.push(Step::WriteFile {
-                    why: "the published checksum of the download".into(),
-                    path: f("iso.sha256"),
-                    contents: format!("{sha}  {partial}\n"),
-                    mode: 0o644,
-                    secrets: vec![],
-                });
-                p.steps.push(cmd(
-                    "check the download",
-                    "sha256sum",
-                    &["--check", "--strict", &ps(&f("iso.sha256"))],
-                ));
-                p.steps
-                    .push(cmd("keep the checked ISO", "mv", &[&partial, &ps(&iso)]));
-            }
-            iso
-        }
-    };
-    if !download {
-        p.steps.push(Step::WriteFile {
-            why: "the expected checksum of the ISO".into(),
-            path: f("iso.sha256"),
-            contents: format!("{sha}  {}\n", ps(&iso)),
-            mode: 0o644,
-            secrets: vec![],
-        });
-        p.steps.push(cmd(
-            "check the ISO",
-            "sha256sum",
-            &["--check", "--strict", &ps(&f("iso.sha256"))],
-        ));
-    }
+    let iso = iso_steps(p, o, seen, l, sha);
 
     // 2. The inputs of the unattended install.
     p.steps.push(Step::WriteFile {
@@ -774,78 +717,8 @@ fn plan_build(
         secrets: vec![],
     });
 
-    // 3. prepare-iso: answer file and first-boot script into the ISO.
     let prepared = f("prepared.iso");
-    match &host.prepare {
-        Some(Prepare::Native) => {
-            p.steps.push(cmd(
-                "check the answer file with the installer's own parser",
-                "proxmox-auto-install-assistant",
-                &["validate-answer", &ps(&f("answer.toml"))],
-            ));
-            p.steps.push(cmd(
-                "bake the answer file and first-boot script into a copy of the ISO",
-                "proxmox-auto-install-assistant",
-                &[
-                    "prepare-iso",
-                    &ps(&iso),
-                    "--fetch-from",
-                    "iso",
-                    "--answer-file",
-                    &ps(&f("answer.toml")),
-                    "--on-first-boot",
-                    &ps(&f("first-boot.sh")),
-                    "--output",
-                    &ps(&prepared),
-                ],
-            ));
-        }
-        other => {
-            let runtime = match other {
-                Some(Prepare::Container(r)) => r.clone(),
-                _ => {
-                    if !o.dry_run {
-                        return Err(NestedError::NoPrepareTool);
-                    }
-                    p.notes.push(
-                        "prepare-iso: neither proxmox-auto-install-assistant nor docker/podman \
-                         found; showing the docker path (a real run stops here)"
-                            .into(),
-                    );
-                    "docker".into()
-                }
-            };
-            p.steps.push(Step::WriteFile {
-                why: format!("prepare-iso inside {CONTAINER_IMAGE} (the tool is a PVE package)"),
-                path: f("prepare-iso.sh"),
-                contents: container_script(),
-                mode: 0o755,
-                secrets: vec![],
-            });
-            let iso_dir = iso.parent().map(ps).unwrap_or_else(|| "/".into());
-            p.steps.push(cmd(
-                "bake the answer file and first-boot script into a copy of the ISO (needs the \
-                 network: Debian and Proxmox package repositories)",
-                &runtime,
-                &[
-                    "run",
-                    "--rm",
-                    "--volume",
-                    &format!("{iso_dir}:/iso:ro"),
-                    "--volume",
-                    &format!("{}:/work", ps(&b)),
-                    "--env",
-                    &format!("HOST_UID={}", host.uid),
-                    "--env",
-                    &format!("HOST_GID={}", host.gid),
-                    CONTAINER_IMAGE,
-                    "bash",
-                    "/work/prepare-iso.sh",
-                    &format!("/iso/{}", o.iso.file_name()),
-                ],
-            ));
-        }
-    }
+    prepare_steps(p, o, host, l, &iso, &prepared)?;
 
     // 4. Install, then the first boot.
     let disk = f("base.qcow2");
@@ -926,6 +799,155 @@ fn plan_build(
         "rm",
         &["-f", &ps(&prepared), &ps(&f("answer.toml"))],
     ));
+    Ok(())
+}
+
+/// Steps that fetch (when a URL) and always check the ISO; returns where it will be.
+fn iso_steps(p: &mut Plan, o: &Options, seen: &Observed, l: &Layout, sha: &str) -> PathBuf {
+    let f = |name: &str| l.build().join(name);
+    let download = matches!(o.iso, IsoSource::Url(_)) && !seen.iso_cached;
+    let iso = match &o.iso {
+        IsoSource::Path(path) => path.clone(),
+        IsoSource::Url(url) => {
+            let iso = l.iso_dir().join(o.iso.file_name());
+            if seen.iso_cached {
+                p.notes.push(format!(
+                    "ISO: {} (downloaded earlier; checked again)",
+                    ps(&iso)
+                ));
+            } else {
+                let partial = format!("{}.partial", ps(&iso));
+                p.steps.push(cmd(
+                    "download the ISO (resumes a partial download)",
+                    "curl",
+                    &[
+                        "--fail",
+                        "--location",
+                        "--continue-at",
+                        "-",
+                        "--output",
+                        &partial,
+                        url,
+                    ],
+                ));
+                p.steps.push(Step::WriteFile {
+                    why: "the published checksum of the download".into(),
+                    path: f("iso.sha256"),
+                    contents: format!("{sha}  {partial}\n"),
+                    mode: 0o644,
+                    secrets: vec![],
+                });
+                p.steps.push(cmd(
+                    "check the download",
+                    "sha256sum",
+                    &["--check", "--strict", &ps(&f("iso.sha256"))],
+                ));
+                p.steps
+                    .push(cmd("keep the checked ISO", "mv", &[&partial, &ps(&iso)]));
+            }
+            iso
+        }
+    };
+    if !download {
+        p.steps.push(Step::WriteFile {
+            why: "the expected checksum of the ISO".into(),
+            path: f("iso.sha256"),
+            contents: format!("{sha}  {}\n", ps(&iso)),
+            mode: 0o644,
+            secrets: vec![],
+        });
+        p.steps.push(cmd(
+            "check the ISO",
+            "sha256sum",
+            &["--check", "--strict", &ps(&f("iso.sha256"))],
+        ));
+    }
+
+    iso
+}
+
+/// Steps that bake the answer file and first-boot script into `prepared`.
+fn prepare_steps(
+    p: &mut Plan,
+    o: &Options,
+    host: &Host,
+    l: &Layout,
+    iso: &Path,
+    prepared: &Path,
+) -> Result<(), NestedError> {
+    let b = l.build();
+    let f = |name: &str| b.join(name);
+    match &host.prepare {
+        Some(Prepare::Native) => {
+            p.steps.push(cmd(
+                "check the answer file with the installer's own parser",
+                "proxmox-auto-install-assistant",
+                &["validate-answer", &ps(&f("answer.toml"))],
+            ));
+            p.steps.push(cmd(
+                "bake the answer file and first-boot script into a copy of the ISO",
+                "proxmox-auto-install-assistant",
+                &[
+                    "prepare-iso",
+                    &ps(iso),
+                    "--fetch-from",
+                    "iso",
+                    "--answer-file",
+                    &ps(&f("answer.toml")),
+                    "--on-first-boot",
+                    &ps(&f("first-boot.sh")),
+                    "--output",
+                    &ps(prepared),
+                ],
+            ));
+        }
+        other => {
+            let runtime = match other {
+                Some(Prepare::Container(r)) => r.clone(),
+                _ => {
+                    if !o.dry_run {
+                        return Err(NestedError::NoPrepareTool);
+                    }
+                    p.notes.push(
+                        "prepare-iso: neither proxmox-auto-install-assistant nor docker/podman \
+                         found; showing the docker path (a real run stops here)"
+                            .into(),
+                    );
+                    "docker".into()
+                }
+            };
+            p.steps.push(Step::WriteFile {
+                why: format!("prepare-iso inside {CONTAINER_IMAGE} (the tool is a PVE package)"),
+                path: f("prepare-iso.sh"),
+                contents: container_script(),
+                mode: 0o755,
+                secrets: vec![],
+            });
+            let iso_dir = iso.parent().map(ps).unwrap_or_else(|| "/".into());
+            p.steps.push(cmd(
+                "bake the answer file and first-boot script into a copy of the ISO (needs the \
+                 network: Debian and Proxmox package repositories)",
+                &runtime,
+                &[
+                    "run",
+                    "--rm",
+                    "--volume",
+                    &format!("{iso_dir}:/iso:ro"),
+                    "--volume",
+                    &format!("{}:/work", ps(&b)),
+                    "--env",
+                    &format!("HOST_UID={}", host.uid),
+                    "--env",
+                    &format!("HOST_GID={}", host.gid),
+                    CONTAINER_IMAGE,
+                    "bash",
+                    "/work/prepare-iso.sh",
+                    &format!("/iso/{}", o.iso.file_name()),
+                ],
+            ));
+        }
+    }
+
     Ok(())
 }
 
