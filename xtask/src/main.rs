@@ -11,12 +11,15 @@
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
 //! - `cargo xtask guest-image` — build (or find cached) the Debian guest with qemu-guest-agent
 //!   that pve-sim's QEMU guest backend boots; installs its host packages when missing.
+//! - `cargo xtask nested-pve [--dry-run] ...` — build (once) and boot a nested Proxmox VE with
+//!   QEMU/KVM for the end-to-end suite, and write its instances file (see `nested`).
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use xshell::{Shell, cmd};
 
 mod guest_image;
+mod nested;
 
 /// fakepve release the tests were written against (AGPL; installed, never vendored).
 const FAKEPVE: &str = "fakepve[crypto]==0.5.0";
@@ -127,8 +130,11 @@ fn main() -> Result<()> {
         Some("venv") => fakepve_venv(&sh, false)?,
         Some("fakepve") => fakepve_venv(&sh, true)?,
         Some("guest-image") => guest_image::build(&sh)?,
+        Some("nested-pve") => nested::main(&sh, &args[1..])?,
         other => {
-            bail!("unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image")
+            bail!(
+                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, nested-pve"
+            )
         }
     }
     Ok(())
