@@ -4,15 +4,21 @@
 //! Per VM ([`vm_firewall`]): `enable=1`, `policy_in=DROP`, `policy_out=DROP`, `dhcp=1`,
 //! `macfilter=1`, then in order:
 //!
-//! 1. `OUT DROP dest <the sample's gateways>` — the gateway is the Proxmox host itself;
-//! 2. `OUT ACCEPT dest <the sample's subnets>`;
+//! 1. `OUT ACCEPT macro=DNS dest <the sample's gateways>` — PVE's per-zone dnsmasq answers
+//!    DNS on the gateway;
+//! 2. `OUT ACCEPT dest <the sample's subnets without their gateways>` (address ranges; the
+//!    gateway is the Proxmox host, which stays unreachable). When that list would exceed
+//!    PVE's 512-character limit, an `OUT DROP dest <gateways>` rule plus `OUT ACCEPT dest
+//!    <subnets>` are used instead (one rule more);
 //! 3. `IN ACCEPT source <the sample's subnets>`;
 //! 4. with [`Egress::Internet`] only: `GROUP pvesb-egress`, whose rules are `OUT DROP dest
-//!    <private, link-local, CGNAT, multicast ranges and the extra blocked ranges>` then
-//!    `OUT ACCEPT`.
+//!    <private, loopback, link-local (cloud metadata), CGNAT, multicast, reserved ranges and
+//!    the extra blocked ranges>` then `OUT ACCEPT`.
 //!
 //! Everything else is dropped by the policies: other samples' subnets and the host, in and
 //! out. DHCP from PVE's dnsmasq passes through the VM option `dhcp=1` before rules apply.
+//! A sample whose subnets are public addresses gets no protection from the egress group for
+//! them: keep sandbox subnets in private ranges.
 //!
 //! Cost per VM: 4 calls (1 `PUT options` + 3 rule `POST`s), 5 with egress. The group costs
 //! one `GET` per process once it exists ([`ensure_firewall_base`]). Rules die with the VM.
@@ -154,25 +160,46 @@ pub async fn vm_firewall(
     let gws: Vec<&str> = network.subnets().map(|s| s.gateway.as_str()).collect();
     let mut rules = Vec::new();
     if !gws.is_empty() {
-        rules.push(
-            Params::new()
-                .with("type", "out")
-                .with("action", "DROP")
-                .with("dest", gws.join(","))
-                .with("comment", "pvesandbox: not the Proxmox host"),
-        );
+        let gws = gws.join(",");
+        let cidrs = cidrs.join(",");
         rules.push(
             Params::new()
                 .with("type", "out")
                 .with("action", "ACCEPT")
-                .with("dest", cidrs.join(","))
-                .with("comment", "pvesandbox: own sample"),
+                .with("macro", "DNS")
+                .with("dest", &gws)
+                .with("comment", "pvesandbox: DNS from the zone's dnsmasq"),
         );
+        let peers = without_gateways(network);
+        if peers.len() <= 512 {
+            rules.push(
+                Params::new()
+                    .with("type", "out")
+                    .with("action", "ACCEPT")
+                    .with("dest", peers)
+                    .with("comment", "pvesandbox: own sample, not the host"),
+            );
+        } else {
+            rules.push(
+                Params::new()
+                    .with("type", "out")
+                    .with("action", "DROP")
+                    .with("dest", &gws)
+                    .with("comment", "pvesandbox: not the Proxmox host"),
+            );
+            rules.push(
+                Params::new()
+                    .with("type", "out")
+                    .with("action", "ACCEPT")
+                    .with("dest", &cidrs)
+                    .with("comment", "pvesandbox: own sample"),
+            );
+        }
         rules.push(
             Params::new()
                 .with("type", "in")
                 .with("action", "ACCEPT")
-                .with("source", cidrs.join(","))
+                .with("source", &cidrs)
                 .with("comment", "pvesandbox: own sample"),
         );
     }
@@ -198,4 +225,63 @@ pub async fn vm_firewall(
         calls: 1 + n,
         rules: n,
     })
+}
+
+/// The sample's subnets minus their gateways, as a PVE address list of ranges.
+fn without_gateways(network: &Network) -> String {
+    let mut parts = Vec::new();
+    for s in network.subnets() {
+        let (Ok(net), Ok(gw)) = (
+            s.cidr.parse::<crate::net::Ipv4Net>(),
+            s.gateway.parse::<std::net::Ipv4Addr>(),
+        ) else {
+            continue;
+        };
+        let (lo, hi, g) = (
+            u32::from(net.network()),
+            u32::from(net.broadcast()),
+            u32::from(gw),
+        );
+        for (a, b) in [(lo, g.wrapping_sub(1)), (g.wrapping_add(1), hi)] {
+            if a <= b && net.contains(a.into()) && net.contains(b.into()) {
+                let (a, b) = (std::net::Ipv4Addr::from(a), std::net::Ipv4Addr::from(b));
+                parts.push(if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                });
+            }
+        }
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::{SubnetInfo, VnetInfo};
+
+    #[test]
+    fn peers_exclude_the_gateway() {
+        let net = Network {
+            zone: Some("Zabcd000".into()),
+            vnets: vec![VnetInfo {
+                id: "Nc0a805".into(),
+                alias: None,
+                subnets: vec![SubnetInfo {
+                    id: "Zabcd000-192.168.5.0-24".into(),
+                    cidr: "192.168.5.0/24".into(),
+                    gateway: "192.168.5.1".into(),
+                    snat: false,
+                    dhcp_ranges: vec![],
+                }],
+            }],
+            existing: vec![],
+            egress: Egress::None,
+        };
+        assert_eq!(
+            without_gateways(&net),
+            "192.168.5.0,192.168.5.2-192.168.5.255"
+        );
+    }
 }
