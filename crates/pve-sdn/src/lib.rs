@@ -31,16 +31,27 @@
 //! # Overlap and races
 //!
 //! Simple zones on one host must not overlap (the host routes between them), but PVE does not
-//! refuse overlapping subnets in different zones. Planning reads the subnets PVE's IPAM knows
-//! (our zones always use `ipam=pve`; subnets of zones without IPAM are invisible to it, so keep
-//! hand-made networks outside the auto range or set [`NetworkOptions::supernet`]). Samples of
-//! one process are kept apart by [`SubnetReservations`]; processes by the auto vnet id, which
-//! names the `/24` (see [`ids`]): PVE accepts a vnet id once, so the loser picks again.
+//! refuse overlapping subnets in different zones (pve-network's `SubnetPlugin` checks only the
+//! gateway and DHCP ranges). PVE also has no route listing the subnets of all zones; the one
+//! call that comes closest, `GET /cluster/sdn/ipams/pve/status`, reports the subnets of
+//! *applied* zones using PVE's IPAM and DHCP. What it cannot see is covered as follows:
+//!
+//! - samples of this process, pending or applied: [`SubnetReservations`];
+//! - `auto` networks of other processes still pending: the auto vnet id names its `/24`
+//!   (see [`ids`]); PVE accepts a vnet id once, so the process that loses the race gets
+//!   `already defined` and picks another `/24` (bounded retries);
+//! - not covered: pending *topologies* of other processes, zones without DHCP/IPAM (the
+//!   peer's `use_pve_ipam_dnsnmasq = false`) and hand-made networks without PVE's IPAM. Keep
+//!   those outside the auto range, or give `auto` its own [`NetworkOptions::supernet`].
+//!   A topology's fixed ranges can only run once per host at a time anyway: a second one is
+//!   refused with [`SdnError::SubnetInUse`] once the first is visible.
 //!
 //! # What the Proxmox host must provide
 //!
 //! - SDN with `dnsmasq` installed and its system unit disabled (PVE's SDN DHCP requirement),
 //!   and the node's `/etc/network/interfaces` sourcing `interfaces.d/*` (default on PVE 8+);
+//! - tear a network down only after its VMs are destroyed: PVE's IPAM refuses to delete a
+//!   subnet that still holds guest addresses (destroying a VM releases them);
 //! - the datacenter firewall enabled (`Datacenter → Firewall → Options → Firewall: Yes`, i.e.
 //!   `PUT /cluster/firewall/options enable=1`; check with [`cluster_firewall_enabled`]) and
 //!   the node firewall left enabled (default). This crate never enables it itself: doing so

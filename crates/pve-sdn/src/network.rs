@@ -158,8 +158,9 @@ fn array(v: Value, path: &str) -> Result<Vec<Value>, SdnError> {
     }
 }
 
-/// The subnets PVE's IPAM knows (one call covers every zone using `ipam=pve`, pending
-/// subnets included: PVE registers a subnet's gateway when the subnet is created).
+/// The subnets PVE's IPAM reports, in one call for every zone: `ipamindex` lists the gateway
+/// (and guest) entries of *applied* zones with `ipam=pve` and `dhcp` set. Blind to pending
+/// networks and to zones without PVE's DHCP; see the crate docs for what covers those.
 async fn ipam_subnets(client: &PveClient) -> Result<Vec<(Ipv4Net, String)>, SdnError> {
     let path = "/cluster/sdn/ipams/pve/status";
     let v = client
@@ -383,13 +384,12 @@ async fn existing(client: &PveClient, opts: &NetworkOptions) -> Result<Network, 
     })
 }
 
+/// `ipam=pve` + `dhcp=dnsmasq` together, as the peer does (`use_pve_ipam_dnsnmasq`).
 async fn create_zone(client: &PveClient, zone: &str, dhcp: bool) -> Result<(), SdnError> {
     let p = Params::new()
         .with("zone", zone)
         .with("type", "simple")
-        // Always PVE's IPAM: it makes our subnets visible to the one-call listing other
-        // samples plan from, whether or not dnsmasq serves DHCP.
-        .with("ipam", "pve")
+        .with_opt("ipam", dhcp.then_some("pve"))
         .with_opt("dhcp", dhcp.then_some("dnsmasq"));
     client
         .post("/cluster/sdn/zones", &p)

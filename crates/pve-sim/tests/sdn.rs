@@ -298,21 +298,21 @@ async fn subnet_gateway_and_dhcp_ranges_are_checked() {
 }
 
 #[tokio::test]
-async fn ipam_status_lists_pending_subnets_of_pve_ipam_zones() {
+async fn ipam_status_reports_applied_dhcp_zones_only() {
     let sim = sim().await;
     let raw = Raw::login(&sim).await;
     zone_vnet_subnet(&raw).await;
-    // A zone without IPAM registers nothing.
+    // A zone with IPAM but no DHCP is never reported.
     raw.call(
         "POST",
         "/cluster/sdn/zones",
-        &[("zone", "plain"), ("type", "simple")],
+        &[("zone", "nodhcp"), ("type", "simple"), ("ipam", "pve")],
     )
     .await;
     raw.call(
         "POST",
         "/cluster/sdn/vnets",
-        &[("vnet", "vnet2"), ("zone", "plain")],
+        &[("vnet", "vnet2"), ("zone", "nodhcp")],
     )
     .await;
     raw.call(
@@ -325,11 +325,39 @@ async fn ipam_status_lists_pending_subnets_of_pve_ipam_zones() {
         ],
     )
     .await;
-    let a = raw.call("GET", "/cluster/sdn/ipams/pve/status", &[]).await;
+    let status = || raw.call("GET", "/cluster/sdn/ipams/pve/status", &[]);
     assert_eq!(
-        a.data(),
-        &json!([{"zone": "zone1", "vnet": "vnet1", "subnet": "10.9.0.0/24", "ip": "10.9.0.1", "hostname": "vnet1-gw", "gateway": 1}])
+        status().await.data(),
+        &json!([]),
+        "pending zones are not reported"
     );
+    let upid = raw.call("PUT", "/cluster/sdn", &[]).await;
+    assert_eq!(raw.task_exit(upid.data().as_str().unwrap()).await, "OK");
+    let entry = json!({"zone": "zone1", "vnet": "vnet1", "subnet": "10.9.0.0/24", "ip": "10.9.0.1", "hostname": "vnet1-gw", "gateway": 1});
+    assert_eq!(status().await.data(), &json!([entry.clone()]));
+    // The IPAM forgets a subnet when it is deleted, before any apply.
+    raw.call(
+        "POST",
+        "/cluster/sdn/vnets/vnet1/subnets",
+        &[
+            ("subnet", "10.9.1.0/24"),
+            ("type", "subnet"),
+            ("gateway", "10.9.1.1"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        status().await.data().as_array().unwrap().len(),
+        2,
+        "a new subnet of an applied vnet shows at once"
+    );
+    raw.call(
+        "DELETE",
+        "/cluster/sdn/vnets/vnet1/subnets/zone1-10.9.1.0-24",
+        &[],
+    )
+    .await;
+    assert_eq!(status().await.data(), &json!([entry]));
     let a = raw
         .call("GET", "/cluster/sdn/ipams/netbox/status", &[])
         .await;

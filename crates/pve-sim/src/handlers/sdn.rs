@@ -144,28 +144,31 @@ fn listing(
     Value::Array(out)
 }
 
-/// `GET /cluster/sdn/ipams/pve/status`: what PVE's own IPAM holds. PVE registers a subnet's
-/// gateway in the zone's IPAM when the subnet is *created* (not when applied), so pending
-/// subnets show here; zones without `ipam` register nothing.
+/// `GET /cluster/sdn/ipams/pve/status`, as pve-network's `ipamindex` builds it: the IPAM
+/// database gets a subnet's gateway when the subnet is *created*, but the route only reports
+/// zones of the *running* config with `ipam=pve` and `dhcp` set, and subnets it can place in
+/// a running vnet of that zone. Entries are the stored ones plus `zone`, `subnet`, `ip`, `vnet`.
 fn ipam_status(st: &State, ipam: &str) -> Result<Value, ApiError> {
     if ipam != "pve" {
         return Err(ApiError::internal("Currently only PVE IPAM is supported!"));
     }
     let mut out = Vec::new();
-    for (id, s) in &st.sdn.pending.subnets {
+    for s in st.sdn.pending.subnets.values() {
         let zone = s.get("zone").cloned().unwrap_or_default();
-        let uses_pve = st
+        let reported =
+            st.sdn.running.zones.get(&zone).is_some_and(|z| {
+                z.get("ipam").is_some_and(|i| i == "pve") && z.contains_key("dhcp")
+            });
+        let vnet = s.get("vnet").cloned().unwrap_or_default();
+        let vnet_running = st
             .sdn
-            .pending
-            .zones
-            .get(&zone)
-            .and_then(|z| z.get("ipam"))
-            .is_some_and(|i| i == "pve");
-        let Some(gw) = s.get("gateway").filter(|_| uses_pve) else {
+            .running
+            .vnets
+            .get(&vnet)
+            .is_some_and(|v| v.get("zone") == Some(&zone));
+        let Some(gw) = s.get("gateway").filter(|_| reported && vnet_running) else {
             continue;
         };
-        let vnet = s.get("vnet").cloned().unwrap_or_default();
-        let _ = id;
         out.push(json!({
             "zone": zone,
             "vnet": vnet,
