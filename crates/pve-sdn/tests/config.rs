@@ -307,3 +307,34 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Valid topologies survive a JSON round trip unchanged and validate.
+    #[test]
+    fn valid_topologies_round_trip(
+        subnets in proptest::collection::vec((any::<bool>(), 2u32..100, 0u32..100), 1..=10),
+        alias in proptest::option::of("[a-z][a-z0-9 _-]{0,20}"),
+    ) {
+        let vnets: Vec<Value> = subnets
+            .iter()
+            .enumerate()
+            .map(|(i, (snat, a, len))| {
+                let ip = |h: u32| format!("10.9.{i}.{h}");
+                let mut s = subnet(&format!("10.9.{i}.0/24"), &ip(1), &[(&ip(*a), &ip(a + len))]);
+                s["snat"] = json!(snat);
+                let mut v = json!({"subnets": [s]});
+                if let Some(al) = &alias {
+                    v["alias"] = json!(format!("{al}{i}"));
+                }
+                v
+            })
+            .collect();
+        let v = json!({"vnet_configs": vnets, "use_pve_ipam_dnsnmasq": true});
+        let spec: SdnSpec = serde_json::from_value(v.clone()).unwrap();
+        prop_assert!(spec.validate().is_ok(), "{:?}", spec.validate());
+        // Serialised like pydantic's dump (`"alias": null` when unset).
+        let back = serde_json::to_value(&spec).unwrap();
+        let again: SdnSpec = serde_json::from_value(back).unwrap();
+        prop_assert_eq!(again, spec);
+    }
+}

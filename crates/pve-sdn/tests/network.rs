@@ -546,3 +546,98 @@ async fn topology_create_resolve_and_conflicts() {
     teardown(c, &net, &res, &applier).await.unwrap();
     assert!(env.sim.sdn().0.vnets.is_empty());
 }
+
+#[tokio::test]
+async fn auto_avoids_applied_subnets_of_other_processes_from_the_listing() {
+    let env = common::env().await;
+    let applier = DirectApplier(env.client.clone());
+    // Another process's applied topology holds 192.168.2.0/23.
+    let other = common::client(&env.sim);
+    let spec = topology(
+        r#"{"vnet_configs": [{"subnets": [{"cidr": "192.168.2.0/23", "gateway": "192.168.2.1", "snat": false,
+            "dhcp_ranges": [{"start": "192.168.2.10", "end": "192.168.2.20"}]}]}]}"#,
+    );
+    create_network(
+        &other,
+        &spec,
+        &NetworkIds::for_sample("othr", 0, 1).unwrap(),
+        &NetworkOptions::default(),
+        &SubnetReservations::new(),
+        &DirectApplier(other.clone()),
+    )
+    .await
+    .unwrap();
+    env.sim.reset_requests();
+    let net = create_network(
+        &env.client,
+        &auto(),
+        &NetworkIds::for_sample("k3f9", 0, 0).unwrap(),
+        &lowest(),
+        &SubnetReservations::new(),
+        &applier,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        net.vnets[0].subnets[0].cidr, "192.168.4.0/24",
+        "both /24s of the /23 skipped"
+    );
+    assert_eq!(
+        env.sim.request_count("POST", "/cluster/sdn/vnets"),
+        1,
+        "no collision needed"
+    );
+
+    // A configured supernet.
+    let opts = NetworkOptions {
+        supernet: Some("10.77.0.0/16".into()),
+        ..lowest()
+    };
+    let net = create_network(
+        &env.client,
+        &auto(),
+        &NetworkIds::for_sample("k3f9", 1, 0).unwrap(),
+        &opts,
+        &SubnetReservations::new(),
+        &applier,
+    )
+    .await
+    .unwrap();
+    assert_eq!(net.vnets[0].subnets[0].cidr, "10.77.0.0/24");
+    assert_eq!(net.vnets[0].id, "N0a4d00");
+    let bad = NetworkOptions {
+        supernet: Some("10.77.0.0/25".into()),
+        ..lowest()
+    };
+    let e = create_network(
+        &env.client,
+        &auto(),
+        &NetworkIds::for_sample("k3f9", 2, 0).unwrap(),
+        &bad,
+        &SubnetReservations::new(),
+        &applier,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.field(), Some("supernet"));
+    // A full supernet.
+    let tiny = NetworkOptions {
+        supernet: Some("10.77.0.0/24".into()),
+        ..lowest()
+    };
+    let e = create_network(
+        &env.client,
+        &auto(),
+        &NetworkIds::for_sample("k3f9", 3, 0).unwrap(),
+        &tiny,
+        &SubnetReservations::new(),
+        &applier,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("no free /24 left in 10.77.0.0/24"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("undone: [zone Zk3f9003]"), "{e}");
+}
