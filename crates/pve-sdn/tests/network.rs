@@ -141,6 +141,12 @@ async fn warm_auto_costs_one_listing_three_creates_one_apply() {
             "PUT /cluster/sdn",
         ]
     );
+    assert_eq!(
+        env.sim
+            .request_count("GET", "/nodes/{node}/tasks/{upid}/status"),
+        1,
+        "the apply's task is polled once on the instant simulator"
+    );
     assert_ne!(net.vnets[0].subnets[0].cidr, first.vnets[0].subnets[0].cidr);
     env.sim.reset_requests();
     teardown(c, &net, &res, &applier).await.unwrap();
