@@ -136,6 +136,7 @@ pub async fn cluster_firewall_enabled(client: &PveClient) -> Result<bool, SdnErr
 /// must carry `firewall=1` (`net0: virtio,bridge=<vnet>,firewall=1`) or PVE filters nothing.
 /// With [`Egress::Internet`], [`ensure_firewall_base`] must have run. For networks attached
 /// to existing vnets (`sdn_config = null`) the administrator owns isolation: nothing is done.
+/// A failure midway leaves the VM with its DROP policies and some rules: it fails closed.
 pub async fn vm_firewall(
     client: &PveClient,
     node: &str,

@@ -277,7 +277,9 @@ const AUTO_ATTEMPTS: usize = 16;
 /// - topology: one listing, `1 + vnets + subnets` creates, one apply.
 /// - `Existing`: one `GET /cluster/sdn/vnets`, no apply.
 ///
-/// On failure, objects created so far are deleted again and the error says which.
+/// On failure, objects created so far are deleted again and the error says which. When the
+/// apply itself fails, the deletions are left pending (not applied): if PVE applied part of
+/// the network, the next apply (any sample's) or [`teardown_by_ids`] finishes the removal.
 /// `ids.vnets` must hold at least as many ids as the topology has vnets.
 pub async fn create_network<A: Applier + ?Sized>(
     client: &PveClient,
