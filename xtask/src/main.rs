@@ -225,7 +225,9 @@ mod tidy {
             our_deps(&read("pve-sim")).is_empty(),
             "pve-sim shares no code with the client it tests"
         );
-        for lib in ["guest-agent", "pool"] {
+        // pve-sdn: listed on its own line so parallel branches adding crates merge cleanly.
+        let libs = ["guest-agent", "pool"].into_iter().chain(["pve-sdn"]);
+        for lib in libs {
             assert_eq!(
                 our_deps(&read(lib)),
                 ["pve-client"],
