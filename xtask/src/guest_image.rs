@@ -103,7 +103,7 @@ fn make(sh: &Shell, dir: &Path, hash: &str) -> Result<()> {
 
 /// QEMU 10 and qemu-utils come from bookworm-backports (the machine image already has
 /// qemu-utils from there, so bookworm's own qemu-system-x86 cannot be installed next to it).
-fn host_packages(sh: &Shell) -> Result<()> {
+pub(crate) fn host_packages(sh: &Shell) -> Result<()> {
     let needed = ["qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4"];
     let missing: Vec<_> = needed.into_iter().filter(|c| !on_path(c)).collect();
     if missing.is_empty() {
@@ -136,7 +136,7 @@ fn host_packages(sh: &Shell) -> Result<()> {
     Ok(())
 }
 
-fn on_path(program: &str) -> bool {
+pub(crate) fn on_path(program: &str) -> bool {
     // Debian keeps mkfs.ext4 in /usr/sbin, which a non-login shell's PATH may lack.
     let path = std::env::var("PATH").unwrap_or_default();
     path.split(':')

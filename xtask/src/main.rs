@@ -15,6 +15,8 @@
 //! - `cargo xtask inspect-venv` — (re)create `.venv-inspect` with the pinned inspect-ai.
 //! - `cargo xtask guest-image` — build (or find cached) the Debian guest with qemu-guest-agent
 //!   that pve-sim's QEMU guest backend boots; installs its host packages when missing.
+//! - `cargo xtask nested-pve [--dry-run] ...` — build (once) and boot a nested Proxmox VE with
+//!   QEMU/KVM for the end-to-end suite, and write its instances file (see `nested`).
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use xshell::{Shell, cmd};
 
 mod guest_image;
 mod inspect;
+mod nested;
 
 /// fakepve release the tests were written against (AGPL; installed, never vendored).
 const FAKEPVE: &str = "fakepve[crypto]==0.5.0";
@@ -140,9 +143,10 @@ fn main() -> Result<()> {
         Some("test-inspect") => inspect::test(&sh, &args[1..])?,
         Some("fakepve") => fakepve_venv(&sh, true)?,
         Some("guest-image") => guest_image::build(&sh)?,
+        Some("nested-pve") => nested::main(&sh, &args[1..])?,
         other => {
             bail!(
-                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, inspect-venv, test-inspect"
+                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, nested-pve, inspect-venv, test-inspect"
             )
         }
     }
@@ -234,7 +238,9 @@ mod tidy {
             our_deps(&read("pve-sim")).is_empty(),
             "pve-sim shares no code with the client it tests"
         );
-        for lib in ["guest-agent", "pool"] {
+        // pve-sdn: listed on its own line so parallel branches adding crates merge cleanly.
+        let libs = ["guest-agent", "pool"].into_iter().chain(["pve-sdn"]);
+        for lib in libs {
             assert_eq!(
                 our_deps(&read(lib)),
                 ["pve-client"],

@@ -64,6 +64,11 @@ impl ExecRequest {
         }
     }
 
+    /// The user it runs as, if one was set.
+    pub fn get_user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
     /// Bytes fed to the command's stdin (any size, binary-safe). Without it stdin is empty.
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());

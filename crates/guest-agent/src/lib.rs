@@ -196,6 +196,11 @@ impl GuestAgent {
         self.inner.vmid
     }
 
+    /// The client it talks through.
+    pub fn client(&self) -> &PveClient {
+        &self.inner.client
+    }
+
     /// The directory relative paths resolve against.
     pub fn default_workdir(&self) -> &str {
         &self.inner.workdir

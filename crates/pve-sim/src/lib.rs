@@ -29,6 +29,7 @@
 mod config;
 mod error;
 mod faults;
+mod firewall;
 pub mod guest;
 mod handlers;
 mod lifecycle;
@@ -53,6 +54,8 @@ pub use error::ApiError;
 pub use faults::FaultError;
 pub use log::{LoggedRequest, RequestLog};
 pub use sdn::SdnConfig;
+// ---- firewall (pve-sdn) ----
+pub use firewall::{Firewall, Group, Rule, VmFirewall};
 
 use state::{Shared, State, Vm};
 
@@ -302,6 +305,12 @@ impl PveSim {
             .filter(|t| t.exitstatus.is_none())
             .count()
     }
+
+    /// The firewall configuration (datacenter options, security groups, per-VM options and rules).
+    pub fn firewall(&self) -> Firewall {
+        self.shared.lock().firewall.clone()
+    }
+
     /// The applied (`running`) and the `pending` SDN configuration.
     pub fn sdn(&self) -> (SdnConfig, SdnConfig) {
         let st = self.shared.lock();

@@ -988,4 +988,93 @@ pub static ROUTES: &[RouteSpec] = &[
         vmid     integer min=100 max=999999999 format=pve-vmid
         ",
     },
+    // ---- SDN IPAM and cluster firewall (pve-sdn) ----------------------------------------------
+    RouteSpec {
+        method: "GET",
+        path: "/cluster/sdn/ipams/{ipam}/status",
+        params: "
+        ipam  string  minlen=2 pattern=[a-zA-Z][a-zA-Z0-9]*[a-zA-Z0-9]
+        ",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/cluster/firewall/options",
+        params: "",
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/cluster/firewall/options",
+        params: "
+        delete?          string  format=pve-configid-list
+        digest?          string  maxlen=64
+        ebtables?        boolean
+        enable?          integer min=0
+        log_ratelimit?   string  format=propstring
+        policy_forward?  enum=ACCEPT|DROP
+        policy_in?       enum=ACCEPT|REJECT|DROP
+        policy_out?      enum=ACCEPT|REJECT|DROP
+        ",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/cluster/firewall/groups",
+        params: "",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/cluster/firewall/groups",
+        params: r"
+        comment?  string
+        digest?   string  maxlen=64
+        group     string  minlen=2 maxlen=18 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        rename?   string  minlen=2 maxlen=18 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        ",
+    },
+    RouteSpec {
+        method: "GET",
+        path: "/cluster/firewall/groups/{group}",
+        params: r"
+        group  string  minlen=2 maxlen=18 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        ",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/cluster/firewall/groups/{group}",
+        params: r"
+        action      string  minlen=2 maxlen=20 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        comment?    string
+        dest?       string  maxlen=512 format=pve-fw-addr-spec
+        digest?     string  maxlen=64
+        dport?      string  format=pve-fw-dport-spec
+        enable?     integer min=0
+        group       string  minlen=2 maxlen=18 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        icmp-type?  string  format=pve-fw-icmp-type-spec
+        iface?      string  minlen=2 maxlen=20 format=pve-iface
+        log?        enum=emerg|alert|crit|err|warning|notice|info|debug|nolog
+        macro?      string  maxlen=128
+        pos?        integer min=0
+        proto?      string  format=pve-fw-protocol-spec
+        source?     string  maxlen=512 format=pve-fw-addr-spec
+        sport?      string  format=pve-fw-sport-spec
+        type        enum=in|out|forward|group
+        ",
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/cluster/firewall/groups/{group}",
+        params: r"
+        group  string  minlen=2 maxlen=18 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        ",
+    },
+    RouteSpec {
+        method: "DELETE",
+        path: "/cluster/firewall/groups/{group}/{pos}",
+        // `pos` is in the path but declared optional, as everywhere in the firewall API.
+        params: r"
+        digest?  string  maxlen=64
+        group    string  minlen=2 maxlen=18 pattern=[A-Za-z][A-Za-z0-9\-\_]+
+        pos?     integer min=0
+        ",
+    },
+    // ---- end pve-sdn block ------------------------------------------------------------------
 ];

@@ -396,7 +396,24 @@ fn is_integer(v: &str) -> bool {
 fn full_match(pattern: &str, v: &str) -> bool {
     // PVE anchors patterns (`^(?:pattern)$`); Perl's `(?^i:...)` is `(?i:...)` in Rust.
     let rust = pattern.replace("(?^i:", "(?i:").replace("(?^:", "(?:");
-    regex::Regex::new(&format!("^(?:{rust})$")).is_ok_and(|re| re.is_match(v))
+    // Compiled once per pattern: some are large (the vnet alias pattern repeats a Unicode,
+    // case-insensitive class 256 times, beyond the default size limit).
+    static CACHE: OnceLock<std::sync::Mutex<BTreeMap<String, Option<regex::Regex>>>> =
+        OnceLock::new();
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(rust.clone())
+        .or_insert_with(|| {
+            regex::RegexBuilder::new(&format!("^(?:{rust})$"))
+                .size_limit(1 << 28)
+                .build()
+                .ok()
+        })
+        .as_ref()
+        .is_some_and(|re| re.is_match(v))
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -565,5 +582,17 @@ mod tests {
     #[test]
     fn table_parses() {
         assert!(!routes().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod alias_pattern_tests {
+    #[test]
+    fn vnet_alias_pattern_accepts_ordinary_aliases() {
+        let p = r"(?^i:[\(\)-_.\w\d\s]{0,256})";
+        for ok in ["lan", "my special vnet", "a(b)-c_d.e", ""] {
+            assert!(super::full_match(p, ok), "{ok:?}");
+        }
+        assert!(!super::full_match(p, "a|b"));
     }
 }

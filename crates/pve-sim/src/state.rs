@@ -154,6 +154,8 @@ pub struct State {
     pub faults: Faults,
     /// SDN configuration.
     pub sdn: crate::sdn::Sdn,
+    /// Firewall configuration.
+    pub firewall: crate::firewall::Firewall,
     /// Guests of running VMs, and the backend queues that boot and stop them.
     pub(crate) guests: crate::lifecycle::Guests,
     next_pid: u32,
@@ -195,6 +197,7 @@ impl State {
             log: RequestLog::default(),
             faults: Faults::default(),
             sdn: crate::sdn::Sdn::default(),
+            firewall: Default::default(),
             guests: Default::default(),
             next_pid: 0x1000,
             boot: Instant::now(),

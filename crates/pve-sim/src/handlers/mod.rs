@@ -2,6 +2,7 @@
 
 pub(crate) mod agent;
 mod cluster;
+mod firewall;
 mod qemu;
 mod sdn;
 mod storage;
@@ -114,6 +115,9 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Resul
     check_node(shared, ctx)?;
     let r = ctx.route.path;
     let m = ctx.method.as_str();
+    if r.starts_with("/cluster/firewall") || r.starts_with("/nodes/{node}/qemu/{vmid}/firewall/") {
+        return firewall::handle(st, ctx);
+    }
     if r.starts_with("/nodes/{node}/qemu") {
         return qemu::handle(shared, st, ctx);
     }

@@ -523,12 +523,6 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
         ("DELETE", "/{vmid}/snapshot/{snapname}") => {
             delete_snapshot(shared, st, ctx, &node, &user, vmid)
         }
-        ("GET", "/{vmid}/firewall/options") => {
-            st.vm(&node, vmid)?;
-            Ok(
-                json!({"enable": 0, "policy_in": "DROP", "policy_out": "ACCEPT", "dhcp": 1, "ipfilter": 0, "macfilter": 1, "ndp": 1, "radv": 0}),
-            )
-        }
         (m, r) => Err(ApiError::new(
             501,
             format!("Method '{m} /nodes/{{node}}/qemu{r}' not implemented"),
@@ -782,6 +776,7 @@ fn destroy(
                 ));
             }
             st.vms.remove(&vmid);
+            st.firewall.vms.remove(&vmid);
             for p in st.pools.values_mut() {
                 p.vms.retain(|v| *v != vmid);
             }

@@ -41,6 +41,64 @@ fn props(ctx: &Ctx, skip: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Keys PVE keeps at the top level of a pending listing entry (everything else of a new or
+/// changed object goes under `pending`), as `PVE::Network::SDN::pending_config` does.
+const PENDING_TOP: &[&str] = &["type", "vnet"];
+
+/// One entry of a listing. The running view shows running properties; the pending view is
+/// PVE's `pending_config` shape: running properties at the top, what differs under `pending`
+/// (`"deleted"` for a removed key), and `state` `new`/`changed`/`deleted`.
+fn entry(
+    key: &str,
+    id: &str,
+    run: Option<&BTreeMap<String, String>>,
+    pen: Option<&BTreeMap<String, String>>,
+    show_pending: bool,
+) -> Value {
+    let mut v = json!({ key: id });
+    if !show_pending {
+        for (k, val) in run.into_iter().flatten() {
+            v[k] = json!(val);
+        }
+        return v;
+    }
+    for (k, val) in run.into_iter().flatten() {
+        v[k] = json!(val);
+    }
+    let mut changes = serde_json::Map::new();
+    if let (Some(r), Some(p)) = (run, pen) {
+        for k in r.keys().filter(|k| !p.contains_key(*k)) {
+            changes.insert(k.clone(), json!("deleted"));
+        }
+    }
+    for (k, val) in pen.into_iter().flatten() {
+        if PENDING_TOP.contains(&k.as_str()) {
+            v[k] = json!(val);
+        } else if run.and_then(|r| r.get(k)) != Some(val) {
+            changes.insert(k.clone(), json!(val));
+        }
+    }
+    if let Some(s) = pending_state(run, pen) {
+        v["state"] = json!(s);
+        if s != "deleted" {
+            v["pending"] = Value::Object(changes);
+        }
+    }
+    v
+}
+
+/// The subnet keys PVE computes from the subnet id (`zone-10.0.0.0-24`) for every listing.
+fn subnet_id_keys(v: &mut Value, id: &str) {
+    let mut parts = id.rsplitn(3, '-');
+    let (Some(mask), Some(network), Some(zone)) = (parts.next(), parts.next(), parts.next()) else {
+        return;
+    };
+    v["zone"] = json!(zone);
+    v["network"] = json!(network);
+    v["mask"] = json!(mask);
+    v["cidr"] = json!(format!("{network}/{mask}"));
+}
+
 fn listing(
     st: &State,
     kind: &str,
@@ -57,35 +115,70 @@ fn listing(
     let run = map(&mut running, kind).clone();
     let pen = map(&mut pending, kind).clone();
     let show_pending = ctx.flag("pending");
-    let ids: Vec<&String> = if show_pending {
+    let mut ids: Vec<&String> = if show_pending {
         run.keys().chain(pen.keys()).collect()
     } else {
         run.keys().collect()
     };
-    let mut ids = ids;
     ids.sort();
     ids.dedup();
     let mut out = Vec::new();
     for id in ids {
-        let obj = if show_pending {
+        // Filters look at what the object will be (pending) when asked for pending.
+        let Some(obj) = (if show_pending {
             pen.get(id).or(run.get(id))
         } else {
             run.get(id)
+        }) else {
+            continue;
         };
-        let Some(obj) = obj else { continue };
         if !filter(obj) {
             continue;
         }
-        let mut v = json!({ key: id });
-        for (k, val) in obj {
-            v[k] = json!(val);
-        }
-        if show_pending && let Some(s) = pending_state(run.get(id), pen.get(id)) {
-            v["state"] = json!(s);
+        let mut v = entry(key, id, run.get(id), pen.get(id), show_pending);
+        if kind == "subnets" {
+            subnet_id_keys(&mut v, id);
         }
         out.push(v);
     }
     Value::Array(out)
+}
+
+/// `GET /cluster/sdn/ipams/pve/status`, as pve-network's `ipamindex` builds it: the IPAM
+/// database gets a subnet's gateway when the subnet is *created*, but the route only reports
+/// zones of the *running* config with `ipam=pve` and `dhcp` set, and subnets it can place in
+/// a running vnet of that zone. Entries are the stored ones plus `zone`, `subnet`, `ip`, `vnet`.
+fn ipam_status(st: &State, ipam: &str) -> Result<Value, ApiError> {
+    if ipam != "pve" {
+        return Err(ApiError::internal("Currently only PVE IPAM is supported!"));
+    }
+    let mut out = Vec::new();
+    for s in st.sdn.pending.subnets.values() {
+        let zone = s.get("zone").cloned().unwrap_or_default();
+        let reported =
+            st.sdn.running.zones.get(&zone).is_some_and(|z| {
+                z.get("ipam").is_some_and(|i| i == "pve") && z.contains_key("dhcp")
+            });
+        let vnet = s.get("vnet").cloned().unwrap_or_default();
+        let vnet_running = st
+            .sdn
+            .running
+            .vnets
+            .get(&vnet)
+            .is_some_and(|v| v.get("zone") == Some(&zone));
+        let Some(gw) = s.get("gateway").filter(|_| reported && vnet_running) else {
+            continue;
+        };
+        out.push(json!({
+            "zone": zone,
+            "vnet": vnet,
+            "subnet": s.get("cidr").cloned().unwrap_or_default(),
+            "ip": gw,
+            "hostname": format!("{vnet}-gw"),
+            "gateway": 1,
+        }));
+    }
+    Ok(Value::Array(out))
 }
 
 pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<Value, ApiError> {
@@ -119,6 +212,7 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
             }))
         }
         ("GET", "/cluster/sdn/vnets") => Ok(listing(st, "vnets", ctx, |_| true)),
+        ("GET", "/cluster/sdn/ipams/{ipam}/status") => ipam_status(st, ctx.req("ipam")),
         ("GET", "/cluster/sdn/vnets/{vnet}/subnets") => {
             let vnet = ctx.req("vnet").to_owned();
             Ok(listing(st, "subnets", ctx, |o| {
@@ -135,7 +229,9 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
         ("POST", "/cluster/sdn/vnets") => {
             let zone = ctx.req("zone");
             if !st.sdn.pending.zones.contains_key(zone) {
-                return Err(ApiError::internal(format!("zone '{zone}' does not exist")));
+                return Err(ApiError::internal(format!(
+                    "sdn zone '{zone}' does not exist"
+                )));
             }
             create(
                 st,
@@ -155,9 +251,10 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                 .and_then(|v| v.get("zone"))
                 .cloned()
             else {
-                return Err(ApiError::internal(format!("vnet '{vnet}' does not exist")));
+                return Err(ApiError::param("vnet", format!("{vnet} don't exist")));
             };
             let cidr = ctx.req("subnet").to_owned();
+            check_subnet(&cidr, ctx)?;
             let id = format!("{zone}-{}", cidr.replace('/', "-"));
             let mut p = props(ctx, &["subnet"]);
             p.insert("vnet".into(), vnet);
@@ -172,7 +269,7 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                 cidr.split('/').nth(1).unwrap_or_default().to_owned(),
             );
             create(st, "subnets", id.clone(), p, || {
-                format!("{id} already exists")
+                format!("sdn subnet object ID '{id}' already defined")
             })
         }
         ("GET" | "PUT" | "DELETE", r) => {
@@ -187,7 +284,7 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
             let exists = map(&mut st.sdn.pending, kind).contains_key(&id);
             if !exists {
                 return Err(ApiError::internal(format!(
-                    "sdn {singular} object ID '{id}' does not exist"
+                    "sdn {singular} '{id}' does not exist"
                 )));
             }
             match m {
@@ -230,15 +327,17 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                 }
                 _ => {
                     if kind == "zones"
-                        && st
+                        && let Some((vnet, _)) = st
                             .sdn
                             .pending
                             .vnets
-                            .values()
-                            .any(|v| v.get("zone") == Some(&id))
+                            .iter()
+                            .find(|(_, v)| v.get("zone") == Some(&id))
                     {
+                        // Zones/Plugin.pm `on_delete_hook` (a `die` without newline: real PVE
+                        // appends " at .../Zones/Plugin.pm line N.").
                         return Err(ApiError::internal(format!(
-                            "cannot delete zone '{id}', vnets are still using it"
+                            "zone {id} is used by vnet {vnet}"
                         )));
                     }
                     if kind == "vnets"
@@ -249,9 +348,10 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                             .values()
                             .any(|s| s.get("vnet") == Some(&id))
                     {
-                        return Err(ApiError::internal(format!(
-                            "cannot delete vnet '{id}', it has subnets defined"
-                        )));
+                        return Err(ApiError::param(
+                            "vnet",
+                            "Can't delete vnet if subnets exists",
+                        ));
                     }
                     map(&mut st.sdn.pending, kind).remove(&id);
                     Ok(Value::Null)
@@ -278,4 +378,63 @@ fn create(
     }
     objs.insert(id, props);
     Ok(Value::Null)
+}
+
+fn ipv4(s: &str) -> Option<u32> {
+    s.parse::<std::net::Ipv4Addr>().ok().map(u32::from)
+}
+
+/// `SubnetPlugin::on_update_hook` and `validate_dhcp_ranges`, for IPv4 subnets: the gateway
+/// inside the subnet, each DHCP range well-formed, ordered, inside, and not overlapping.
+fn check_subnet(cidr: &str, ctx: &Ctx) -> Result<(), ApiError> {
+    let Some((net, mask)) = cidr
+        .split_once('/')
+        .and_then(|(a, m)| Some((ipv4(a)?, m.parse::<u32>().ok().filter(|m| *m <= 32)?)))
+    else {
+        return Ok(()); // IPv6: not modelled beyond the format check.
+    };
+    let hostmask = if mask == 0 {
+        u32::MAX
+    } else {
+        (1u32 << (32 - mask)) - 1
+    };
+    let inside = |ip: u32| ip & !hostmask == net & !hostmask;
+    if let Some(gw) = ctx.str("gateway")
+        && mask != 32
+        && !ipv4(gw).is_some_and(inside)
+    {
+        return Err(ApiError::param(
+            "gateway",
+            format!("{gw} is not in subnet {cidr}"),
+        ));
+    }
+    let mut seen: Vec<(u32, u32)> = Vec::new();
+    for r in ctx.params.get("dhcp-range").into_iter().flatten() {
+        let field = |k: &str| {
+            r.split(',')
+                .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (s, e) = (field("start-address"), field("end-address"));
+        let err = |m: String| ApiError::param("dhcp-range", m);
+        let start = ipv4(&s).ok_or_else(|| err(format!("start-address is not a valid IP {s}")))?;
+        let end = ipv4(&e).ok_or_else(|| err(format!("end-address is not a valid IP {e}")))?;
+        if start > end {
+            return Err(err(format!(
+                "start-address {s} must be smaller than end-address {e}"
+            )));
+        }
+        if !inside(start) {
+            return Err(err(format!("start-address {s} is not in subnet {cidr}")));
+        }
+        if !inside(end) {
+            return Err(err(format!("end-address {e} is not in subnet {cidr}")));
+        }
+        if seen.iter().any(|(a, b)| start <= *b && *a <= end) {
+            return Err(err("dhcp ranges must not overlap".into()));
+        }
+        seen.push((start, end));
+    }
+    Ok(())
 }
