@@ -1,6 +1,7 @@
 //! The `cloud-init` program of a VM booted from a cloud image (see [`crate::image`]): a guest
 //! wrapper that answers `guest-exec` of `cloud-init status [--wait]` with the output of a
-//! finished run, `status: done`, and hands every other command to the guest it wraps.
+//! finished run, `status: done`, and of `cloud-init clean ...` with success, and hands every
+//! other command to the guest it wraps.
 //!
 //! By the time the wrapped agent answers, the model's cloud-init has finished (the agent is
 //! what it installed), so `--wait` returns at once, as it does on a real guest whose
@@ -52,6 +53,8 @@ impl Guest for CloudInitGuest {
                         .unwrap_or_default();
                     let run = match args.first() {
                         Some(&"status") => (0, "status: done\n".to_owned()),
+                        // Forgetting the instance (before sealing a template) always works.
+                        Some(&"clean") => (0, String::new()),
                         _ => (
                             2,
                             "the simulator's cloud-init knows only `status`\n".to_owned(),
