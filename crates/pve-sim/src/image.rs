@@ -75,7 +75,7 @@ impl Sniffer {
         }
         while let Some(next) = self.tar_next {
             let end = self.size + chunk.len() as u64;
-            if next >= end {
+            if chunk.is_empty() || next >= end {
                 break;
             }
             let skip = (next.max(self.size) - self.size) as usize;

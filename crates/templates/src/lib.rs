@@ -149,6 +149,13 @@ pub struct Template {
     pub nics: Vec<String>,
 }
 
+impl Template {
+    /// The `tpl-<key>` tag of a template of ours.
+    pub fn key_tag(&self) -> String {
+        format!("{KEY_TAG_PREFIX}{}", self.key)
+    }
+}
+
 /// Builds, finds and garbage-collects templates on one node.
 #[derive(Debug)]
 pub struct Templates {
