@@ -130,7 +130,13 @@ fn parse_tar_header(h: &[u8]) -> Option<(String, u64)> {
     let sum: u64 = h
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { u64::from(*b) })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u64::from(*b)
+            }
+        })
         .sum();
     if sum != stored {
         return None;
@@ -152,7 +158,11 @@ fn parse_tar_header(h: &[u8]) -> Option<(String, u64)> {
         .fold(0u64, |a, b| a * 8 + u64::from(b - b'0'));
     // Only regular files are members one can import.
     let kind = h[156];
-    let name = if kind == b'0' || kind == 0 { name } else { String::new() };
+    let name = if kind == b'0' || kind == 0 {
+        name
+    } else {
+        String::new()
+    };
     Some((name, size))
 }
 

@@ -43,7 +43,9 @@ enum Op {
         cloud_init: bool,
     },
     PowerOff(Arc<dyn Guest>),
-    CloneDisk { from: u32 },
+    CloneDisk {
+        from: u32,
+    },
     DestroyDisk,
 }
 
@@ -97,7 +99,11 @@ impl State {
             let slot = match &factory {
                 None => {
                     let g: Arc<dyn Guest> = Arc::new(CannedGuest::new(spec.clone()));
-                    Slot::Up(if cloud_init { CloudInitGuest::wrap(g) } else { g })
+                    Slot::Up(if cloud_init {
+                        CloudInitGuest::wrap(g)
+                    } else {
+                        g
+                    })
                 }
                 Some(_) => {
                     let op = Op::Boot {
@@ -198,10 +204,13 @@ async fn worker(
                 if !shared.upgrade().is_some_and(|s| current(&s)) {
                     continue;
                 }
-                let booted = factory
-                    .boot(spec)
-                    .await
-                    .map(|g| if cloud_init { CloudInitGuest::wrap(g) } else { g });
+                let booted = factory.boot(spec).await.map(|g| {
+                    if cloud_init {
+                        CloudInitGuest::wrap(g)
+                    } else {
+                        g
+                    }
+                });
                 let leftover = match shared.upgrade() {
                     None => booted.ok(),
                     Some(s) => {

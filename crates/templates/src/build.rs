@@ -13,8 +13,8 @@ use crate::images::{ImageFormat, ImageSpec};
 use crate::progress::{Phase, Progress, ProgressEvent, ProgressFn};
 use crate::seed::NoCloudSeed;
 use crate::{
-    BUILDING_TAG, BakeOptions, BuiltIn, DiskController, Error, FILE_PREFIX, KEY_TAG_PREFIX,
-    OsType, Result, STARTED_TAG_PREFIX, TAG, Template, Templates, VmSource, tags_of, unix_now,
+    BUILDING_TAG, BakeOptions, BuiltIn, DiskController, Error, FILE_PREFIX, KEY_TAG_PREFIX, OsType,
+    Result, STARTED_TAG_PREFIX, TAG, Template, Templates, VmSource, tags_of, unix_now,
 };
 
 /// What a source needs.
@@ -144,14 +144,25 @@ impl Templates {
         WaitOptions::with_timeout(self.cfg.task_timeout)
     }
 
-    pub(crate) async fn ova_digest(&self, path: &std::path::Path, progress: ProgressFn<'_>) -> Result<String> {
-        let meta = tokio::fs::metadata(path).await.map_err(crate::error::io(path))?;
+    pub(crate) async fn ova_digest(
+        &self,
+        path: &std::path::Path,
+        progress: ProgressFn<'_>,
+    ) -> Result<String> {
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(crate::error::io(path))?;
         let id = (
             path.to_owned(),
             meta.len(),
             meta.modified().map_err(crate::error::io(path))?,
         );
-        if let Some(d) = self.ova_digests.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(d) = self
+            .ova_digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return Ok(d.clone());
         }
         let key = format!("ova:{}", path.display());
@@ -211,14 +222,16 @@ impl Templates {
             .iter()
             .find_map(|bus| {
                 (0..31).map(|n| format!("{bus}{n}")).find(|k| {
-                    keys.contains(&k)
-                        && cfg.get(k).is_some_and(|v| !v.contains("media=cdrom"))
+                    keys.contains(&k) && cfg.get(k).is_some_and(|v| !v.contains("media=cdrom"))
                 })
             })
             .unwrap_or_else(|| "scsi0".into());
         let mut nics: Vec<String> = keys
             .iter()
-            .filter(|k| k.strip_prefix("net").is_some_and(|n| n.parse::<u32>().is_ok()))
+            .filter(|k| {
+                k.strip_prefix("net")
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+            })
             .map(|k| k.to_string())
             .collect();
         nics.sort();
@@ -287,7 +300,10 @@ impl Templates {
             _ => OsType::L26,
         };
         let p = Params::new()
-            .with("name", format!("{FILE_PREFIX}tpl-{}", plan.key.replace('.', "-")))
+            .with(
+                "name",
+                format!("{FILE_PREFIX}tpl-{}", plan.key.replace('.', "-")),
+            )
             .with("tags", tags.as_str())
             .with("memory", self.cfg.bake_memory_mb)
             .with("cores", self.cfg.bake_cores)
@@ -337,7 +353,12 @@ pub(crate) async fn ensure(
             let tags = tags_of(e);
             tags.iter().any(|x| x == TAG) && tags.contains(&key_tag)
         };
-        if let Some(e) = list.iter().filter(ours).filter(|e| is_template(e)).min_by_key(|e| e.vmid) {
+        if let Some(e) = list
+            .iter()
+            .filter(ours)
+            .filter(|e| is_template(e))
+            .min_by_key(|e| e.vmid)
+        {
             return Ok(t.template_of(e, &plan.key));
         }
         if let Some(c) = list.iter().filter(ours).min_by_key(|e| e.vmid) {
@@ -348,7 +369,11 @@ pub(crate) async fn ensure(
                 continue;
             }
             if waiting_on != Some(c.vmid) {
-                t.emit(progress, &plan.key, Phase::WaitingForOtherBuilder { vmid: c.vmid });
+                t.emit(
+                    progress,
+                    &plan.key,
+                    Phase::WaitingForOtherBuilder { vmid: c.vmid },
+                );
                 waiting_on = Some(c.vmid);
             }
             if Instant::now() >= deadline {
@@ -391,7 +416,12 @@ pub(crate) async fn ensure(
     }
 }
 
-async fn bake(t: &Templates, plan: &Plan, vmid: Vmid, progress: ProgressFn<'_>) -> Result<Template> {
+async fn bake(
+    t: &Templates,
+    plan: &Plan,
+    vmid: Vmid,
+    progress: ProgressFn<'_>,
+) -> Result<Template> {
     let node = t.pve.node(&t.cfg.node);
     let vm = node.qemu(vmid);
     let files = node.storage(&t.cfg.file_storage);
@@ -411,7 +441,13 @@ async fn bake(t: &Templates, plan: &Plan, vmid: Vmid, progress: ProgressFn<'_>) 
         message,
     };
     if have.contains(&image_vol) {
-        t.emit(progress, &plan.key, Phase::ImageCached { volid: image_vol.clone() });
+        t.emit(
+            progress,
+            &plan.key,
+            Phase::ImageCached {
+                volid: image_vol.clone(),
+            },
+        );
     } else {
         fetch_image(t, plan, &image_file, progress).await?;
     }
@@ -459,17 +495,31 @@ async fn bake(t: &Templates, plan: &Plan, vmid: Vmid, progress: ProgressFn<'_>) 
         let upid = vm.start().await?;
         t.pve.wait_task(&upid, t.wait_opts()).await?;
         t.emit(progress, &plan.key, Phase::WaitingForAgent);
-        wait_agent(t, vmid).await.map_err(|e| bake_err(e.to_string()))?;
+        wait_agent(t, vmid)
+            .await
+            .map_err(|e| bake_err(e.to_string()))?;
         t.emit(progress, &plan.key, Phase::CloudInit);
         let windows = plan.opts.os_type.is_windows() && matches!(plan.kind, PlanKind::Ova { .. });
         if !windows {
-            match agent_run(t, vmid, &["cloud-init", "status", "--wait"], t.cfg.cloud_init_timeout).await {
+            match agent_run(
+                t,
+                vmid,
+                &["cloud-init", "status", "--wait"],
+                t.cfg.cloud_init_timeout,
+            )
+            .await
+            {
                 Ok((_, out)) if out.contains("status: done") => {
                     // Clones must not share the bake's machine id (same DHCP leases) nor
                     // think cloud-init already ran for them.
-                    agent_run(t, vmid, &["cloud-init", "clean", "--machine-id", "--logs"], t.cfg.agent_timeout)
-                        .await
-                        .map_err(|e| bake_err(format!("cloud-init clean: {e}")))?;
+                    agent_run(
+                        t,
+                        vmid,
+                        &["cloud-init", "clean", "--machine-id", "--logs"],
+                        t.cfg.agent_timeout,
+                    )
+                    .await
+                    .map_err(|e| bake_err(format!("cloud-init clean: {e}")))?;
                 }
                 Ok((code, out)) => {
                     return Err(bake_err(format!(
@@ -495,7 +545,12 @@ async fn bake(t: &Templates, plan: &Plan, vmid: Vmid, progress: ProgressFn<'_>) 
     }
     t.emit(progress, &plan.key, Phase::Sealing);
     let started = unix_now();
-    let tags = [TAG.to_owned(), plan.key_tag(), format!("{STARTED_TAG_PREFIX}{started}")].join(";");
+    let tags = [
+        TAG.to_owned(),
+        plan.key_tag(),
+        format!("{STARTED_TAG_PREFIX}{started}"),
+    ]
+    .join(";");
     let mut delete = vec!["net0"];
     if verify {
         delete.push(seed_slot);
@@ -518,18 +573,32 @@ async fn bake(t: &Templates, plan: &Plan, vmid: Vmid, progress: ProgressFn<'_>) 
     Ok(t.template_of(e, &plan.key))
 }
 
-async fn fetch_image(t: &Templates, plan: &Plan, file: &str, progress: ProgressFn<'_>) -> Result<()> {
+async fn fetch_image(
+    t: &Templates,
+    plan: &Plan,
+    file: &str,
+    progress: ProgressFn<'_>,
+) -> Result<()> {
     let node = t.pve.node(&t.cfg.node);
     let storage = node.storage(&t.cfg.file_storage);
     match &plan.kind {
         PlanKind::BuiltIn(_, spec) if !matches!(spec.format, ImageFormat::TarXzRaw { .. }) => {
-            t.emit(progress, &plan.key, Phase::ServerDownload { url: spec.url.clone() });
+            t.emit(
+                progress,
+                &plan.key,
+                Phase::ServerDownload {
+                    url: spec.url.clone(),
+                },
+            );
             let upid = storage
                 .download_url(&DownloadUrl {
                     url: spec.url.clone(),
                     content: "import".into(),
                     filename: file.to_owned(),
-                    checksum: Some((spec.checksum.algorithm.as_str().into(), spec.checksum.hex.clone())),
+                    checksum: Some((
+                        spec.checksum.algorithm.as_str().into(),
+                        spec.checksum.hex.clone(),
+                    )),
                     compression: None,
                 })
                 .await?;
@@ -539,7 +608,13 @@ async fn fetch_image(t: &Templates, plan: &Plan, file: &str, progress: ProgressF
             let ImageFormat::TarXzRaw { disk } = &spec.format else {
                 unreachable!("matched above")
             };
-            t.emit(progress, &plan.key, Phase::ClientDownload { url: spec.url.clone() });
+            t.emit(
+                progress,
+                &plan.key,
+                Phase::ClientDownload {
+                    url: spec.url.clone(),
+                },
+            );
             let key = plan.key.clone();
             let bytes = |what: &'static str| {
                 let key = key.clone();
@@ -550,7 +625,8 @@ async fn fetch_image(t: &Templates, plan: &Plan, file: &str, progress: ProgressF
                     })
                 }
             };
-            let archive = crate::fetch::download_cached(spec, &t.cfg.cache_dir, &bytes("download")).await?;
+            let archive =
+                crate::fetch::download_cached(spec, &t.cfg.cache_dir, &bytes("download")).await?;
             t.emit(progress, &plan.key, Phase::Extracting);
             let raw = t.cfg.cache_dir.join(file);
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -584,10 +660,21 @@ async fn upload(
     file: &str,
     progress: ProgressFn<'_>,
 ) -> Result<()> {
-    t.emit(progress, &plan.key, Phase::Uploading { filename: file.to_owned() });
-    let len = tokio::fs::metadata(path).await.map_err(crate::error::io(path))?.len();
+    t.emit(
+        progress,
+        &plan.key,
+        Phase::Uploading {
+            filename: file.to_owned(),
+        },
+    );
+    let len = tokio::fs::metadata(path)
+        .await
+        .map_err(crate::error::io(path))?
+        .len();
     let checksum = match &plan.kind {
-        PlanKind::Ova { sha256, .. } if content == "import" => Some(("sha256".into(), sha256.clone())),
+        PlanKind::Ova { sha256, .. } if content == "import" => {
+            Some(("sha256".into(), sha256.clone()))
+        }
         _ => None,
     };
     let upid = t
@@ -628,8 +715,13 @@ async fn upload_seed(
     tokio::fs::create_dir_all(&t.cfg.cache_dir)
         .await
         .map_err(crate::error::io(&t.cfg.cache_dir))?;
-    let path = t.cfg.cache_dir.join(format!("{name}.{}", std::process::id()));
-    tokio::fs::write(&path, &iso).await.map_err(crate::error::io(&path))?;
+    let path = t
+        .cfg
+        .cache_dir
+        .join(format!("{name}.{}", std::process::id()));
+    tokio::fs::write(&path, &iso)
+        .await
+        .map_err(crate::error::io(&path))?;
     let r = upload(t, plan, &path, "iso", name, progress).await;
     let _ = tokio::fs::remove_file(&path).await;
     r
@@ -644,7 +736,11 @@ async fn wait_agent(t: &Templates, vmid: Vmid) -> Result<()> {
     let deadline = Instant::now() + t.cfg.agent_timeout;
     let mut backoff = Duration::from_millis(20);
     loop {
-        match t.pve.post(&agent_path(t, vmid, "ping"), &Params::new()).await {
+        match t
+            .pve
+            .post(&agent_path(t, vmid, "ping"), &Params::new())
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(e) if e.status() == Some(500) && Instant::now() < deadline => {
                 // Nothing to await but the guest: poll with backoff under the deadline.
@@ -664,7 +760,12 @@ async fn wait_agent(t: &Templates, vmid: Vmid) -> Result<()> {
 }
 
 /// Runs `cmd` through the agent and waits for it: (exit code, stdout).
-async fn agent_run(t: &Templates, vmid: Vmid, cmd: &[&str], timeout: Duration) -> Result<(i64, String)> {
+async fn agent_run(
+    t: &Templates,
+    vmid: Vmid,
+    cmd: &[&str],
+    timeout: Duration,
+) -> Result<(i64, String)> {
     let v = t
         .pve
         .post(
@@ -672,21 +773,26 @@ async fn agent_run(t: &Templates, vmid: Vmid, cmd: &[&str], timeout: Duration) -
             &Params::new().with_array("command", cmd.iter().copied()),
         )
         .await?;
-    let pid = v["pid"].as_i64().or_else(|| v["pid"].as_str()?.parse().ok()).ok_or_else(|| {
-        Error::Bake {
+    let pid = v["pid"]
+        .as_i64()
+        .or_else(|| v["pid"].as_str()?.parse().ok())
+        .ok_or_else(|| Error::Bake {
             key: format!("VM {vmid}"),
             vmid,
             message: format!("agent exec answered without a pid: {v}"),
-        }
-    })?;
+        })?;
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(20);
     loop {
         let s = t
             .pve
-            .get(&agent_path(t, vmid, "exec-status"), &Params::new().with("pid", pid))
+            .get(
+                &agent_path(t, vmid, "exec-status"),
+                &Params::new().with("pid", pid),
+            )
             .await?;
-        let exited = matches!(&s["exited"], Value::Bool(true)) || s["exited"] == 1 || s["exited"] == "1";
+        let exited =
+            matches!(&s["exited"], Value::Bool(true)) || s["exited"] == 1 || s["exited"] == "1";
         if exited {
             let code = s["exitcode"].as_i64().unwrap_or(-1);
             // PVE hands decoded bytes over as one character per byte.

@@ -219,7 +219,14 @@ async fn wait_counting(pve: &PveClient, upid: &pve_client::Upid, wait: WaitOptio
             return Ok(polls + 1);
         }
         if std::time::Instant::now() >= deadline {
-            pve.wait_task(upid, WaitOptions { timeout: std::time::Duration::ZERO, ..wait }).await?;
+            pve.wait_task(
+                upid,
+                WaitOptions {
+                    timeout: std::time::Duration::ZERO,
+                    ..wait
+                },
+            )
+            .await?;
             return Ok(polls + 1);
         }
         // The task runs on PVE; poll on the client's doubling schedule under the deadline.

@@ -34,7 +34,9 @@ pub enum Error {
         message: String,
     },
     /// A downloaded or local file does not have the pinned checksum.
-    #[error("{what}: checksum mismatch: got {got}, expected {expected} (fix the pinned checksum or the mirror)")]
+    #[error(
+        "{what}: checksum mismatch: got {got}, expected {expected} (fix the pinned checksum or the mirror)"
+    )]
     Checksum {
         /// URL or path.
         what: String,
@@ -52,7 +54,9 @@ pub enum Error {
         message: String,
     },
     /// No template carries the tag of an `existing_vm_template_tag` source.
-    #[error("no template tagged '{tag}' on node {node} (existing_vm_template_tag: tag a template with it, or fix the tag)")]
+    #[error(
+        "no template tagged '{tag}' on node {node} (existing_vm_template_tag: tag a template with it, or fix the tag)"
+    )]
     TemplateNotFound {
         /// The tag.
         tag: String,
@@ -80,7 +84,9 @@ pub enum Error {
         secs: u64,
     },
     /// Every VM id in the configured range is taken.
-    #[error("no free VM id in the template range {start}..={end} (vmid_range: widen it or remove unused VMs)")]
+    #[error(
+        "no free VM id in the template range {start}..={end} (vmid_range: widen it or remove unused VMs)"
+    )]
     NoFreeVmid {
         /// First id.
         start: u32,

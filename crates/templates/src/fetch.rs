@@ -113,12 +113,11 @@ pub(crate) async fn ova_disks(path: &Path) -> Result<Vec<String>> {
 /// An HTTP(S) client for image downloads: rustls with the platform's roots.
 fn http_client() -> Result<reqwest::Client> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| {
-        Error::Config {
+    let verifier =
+        rustls_platform_verifier::Verifier::new(provider.clone()).map_err(|e| Error::Config {
             field: "tls",
             message: e.to_string(),
-        }
-    })?;
+        })?;
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config {
@@ -215,7 +214,11 @@ pub(crate) async fn extract_tar_xz(
         let mut ar = tar::Archive::new(xz);
         for e in ar.entries().map_err(io(&archive))? {
             let mut e = e.map_err(io(&archive))?;
-            let name = e.path().map_err(io(&archive))?.to_string_lossy().into_owned();
+            let name = e
+                .path()
+                .map_err(io(&archive))?
+                .to_string_lossy()
+                .into_owned();
             if name.trim_start_matches("./") != member {
                 continue;
             }

@@ -38,7 +38,10 @@ pub(crate) async fn run(t: &Templates, keep: &[VmSource]) -> Result<GcReport> {
         let Some(key) = key else { continue };
         // A kept OVA whose template was made with other options has another key: keep
         // every template whose key starts with a kept key.
-        if keys.iter().any(|k| key == k || key.starts_with(&format!("{k}-"))) {
+        if keys
+            .iter()
+            .any(|k| key == k || key.starts_with(&format!("{k}-")))
+        {
             continue;
         }
         let vm = node.qemu(e.vmid);

@@ -204,7 +204,11 @@ mod tests {
         let c = ImageCatalog::pinned();
         for b in BuiltIn::ALL {
             let s = c.get(b);
-            assert!(!s.url.contains("/current/") && !s.url.contains("/latest/"), "{}", s.url);
+            assert!(
+                !s.url.contains("/current/") && !s.url.contains("/latest/"),
+                "{}",
+                s.url
+            );
             assert!(s.url.starts_with("https://"));
         }
     }
@@ -217,7 +221,10 @@ mod tests {
             k.url,
             "http://10.0.0.5/img/kali-linux-2025.4-cloud-genericcloud-amd64.tar.xz"
         );
-        assert_eq!(k.checksum, ImageCatalog::pinned().get(BuiltIn::Kali20254).checksum);
+        assert_eq!(
+            k.checksum,
+            ImageCatalog::pinned().get(BuiltIn::Kali20254).checksum
+        );
     }
 
     #[test]

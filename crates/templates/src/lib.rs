@@ -116,9 +116,14 @@ impl TemplateConfig {
             vmid_range: 9000..=9999,
             cache_dir: std::env::temp_dir().join("pvesandbox-images"),
             images: ImageCatalog::pinned(),
-            packages: ["python3", "python3-pip", "python3-venv", "python-is-python3"]
-                .map(String::from)
-                .to_vec(),
+            packages: [
+                "python3",
+                "python3-pip",
+                "python3-venv",
+                "python-is-python3",
+            ]
+            .map(String::from)
+            .to_vec(),
             bake_memory_mb: 2048,
             bake_cores: 2,
             stale_after: Duration::from_secs(2 * 3600),

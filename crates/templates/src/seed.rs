@@ -9,10 +9,10 @@
 use std::io::Cursor;
 use std::sync::Arc;
 
+use hadris_iso::joliet::JolietLevel;
 use hadris_iso::read::PathSeparator;
 use hadris_iso::write::options::{BaseIsoLevel, CreationFeatures, IsoFormatOptions};
 use hadris_iso::write::{File as IsoFile, InputFiles, IsoImageWriter};
-use hadris_iso::joliet::JolietLevel;
 use sha2::Digest;
 
 /// The seed's files.
@@ -30,7 +30,8 @@ impl NoCloudSeed {
     /// The bake seed: update the package lists, install `qemu-guest-agent` and `packages`,
     /// start the agent; DHCP on every `e*` NIC.
     pub fn bake(packages: &[String]) -> Self {
-        let mut user = String::from("#cloud-config\npackage_update: true\npackages:\n  - qemu-guest-agent\n");
+        let mut user =
+            String::from("#cloud-config\npackage_update: true\npackages:\n  - qemu-guest-agent\n");
         for p in packages.iter().filter(|p| p.as_str() != "qemu-guest-agent") {
             user.push_str(&format!("  - {p}\n"));
         }
@@ -115,13 +116,23 @@ mod tests {
         assert_eq!(&pvd[1..6], b"CD001");
         assert_eq!(std::str::from_utf8(&pvd[40..46]).unwrap(), "cidata");
         // A Joliet supplementary descriptor follows, and the names appear in UCS-2.
-        let ucs2 = |s: &str| s.encode_utf16().flat_map(u16::to_be_bytes).collect::<Vec<u8>>();
+        let ucs2 = |s: &str| {
+            s.encode_utf16()
+                .flat_map(u16::to_be_bytes)
+                .collect::<Vec<u8>>()
+        };
         for name in ["user-data", "meta-data", "network-config"] {
             let n = ucs2(name);
             assert!(iso.windows(n.len()).any(|w| w == n), "{name} missing");
         }
-        assert!(iso.windows(seed.user_data.len()).any(|w| w == seed.user_data.as_bytes()));
-        assert!(seed.user_data.contains("  - qemu-guest-agent\n  - python3\n"));
+        assert!(
+            iso.windows(seed.user_data.len())
+                .any(|w| w == seed.user_data.as_bytes())
+        );
+        assert!(
+            seed.user_data
+                .contains("  - qemu-guest-agent\n  - python3\n")
+        );
     }
 
     #[test]

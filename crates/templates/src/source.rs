@@ -250,18 +250,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s, VmSource::Ova("/x/y.ova".into()));
-        let s: VmSource =
-            serde_json::from_str(r#"{"existing_vm_template_tag": "win11"}"#).unwrap();
+        let s: VmSource = serde_json::from_str(r#"{"existing_vm_template_tag": "win11"}"#).unwrap();
         assert_eq!(s, VmSource::ExistingTag("win11".into()));
     }
 
     #[test]
     fn zero_or_two_sources_are_refused_naming_the_field() {
-        for bad in [
-            r#"{}"#,
-            r#"{"ova": "/a.ova", "built_in": "debian13"}"#,
-        ] {
-            let e = serde_json::from_str::<VmSource>(bad).unwrap_err().to_string();
+        for bad in [r#"{}"#, r#"{"ova": "/a.ova", "built_in": "debian13"}"#] {
+            let e = serde_json::from_str::<VmSource>(bad)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("vm_source_config"), "{e}");
             assert!(e.contains("exactly one"), "{e}");
         }

@@ -10,8 +10,8 @@ use common::*;
 use pve_client::{Params, Vmid, WaitOptions};
 use pve_sim::VmSeed;
 use pvesandbox_templates::{
-    BuiltIn, CloneSpec, Error, NicController, NicSpec, NoCloudSeed, OsType, Phase,
-    ProgressEvent, Templates, VmSource, clone_template,
+    BuiltIn, CloneSpec, Error, NicController, NicSpec, NoCloudSeed, OsType, Phase, ProgressEvent,
+    Templates, VmSource, clone_template,
 };
 
 fn wait() -> WaitOptions {
@@ -44,13 +44,28 @@ async fn a_built_in_is_downloaded_by_pve_baked_with_the_agent_and_sealed() {
     let cfg = sim.vm_config(tpl.vmid.0).unwrap();
     assert_eq!(cfg.get("template").map(String::as_str), Some("1"));
     let tags = cfg["tags"].split(';').collect::<Vec<_>>();
-    assert!(tags.contains(&"pvesandbox") && tags.contains(&tpl.key_tag().as_str()), "{tags:?}");
+    assert!(
+        tags.contains(&"pvesandbox") && tags.contains(&tpl.key_tag().as_str()),
+        "{tags:?}"
+    );
     assert!(!tags.contains(&"building"), "{tags:?}");
     // Seed and bake NIC detached; the disk was imported and became a base image.
-    assert!(!cfg.contains_key("ide2") && !cfg.contains_key("net0"), "{cfg:?}");
-    assert!(cfg["scsi0"].contains(&format!("base-{}-disk-0", tpl.vmid)), "{cfg:?}");
-    assert_eq!(srv.hits(t.config().images.get(BuiltIn::Debian13).remote_name()), 1);
-    assert_eq!(sim.request_count("POST", "/nodes/{node}/storage/{storage}/download-url"), 1);
+    assert!(
+        !cfg.contains_key("ide2") && !cfg.contains_key("net0"),
+        "{cfg:?}"
+    );
+    assert!(
+        cfg["scsi0"].contains(&format!("base-{}-disk-0", tpl.vmid)),
+        "{cfg:?}"
+    );
+    assert_eq!(
+        srv.hits(t.config().images.get(BuiltIn::Debian13).remote_name()),
+        1
+    );
+    assert_eq!(
+        sim.request_count("POST", "/nodes/{node}/storage/{storage}/download-url"),
+        1
+    );
     // The template was sealed only after the agent answered and cloud-init was done.
     let log = sim.requests();
     let order: Vec<&str> = log
@@ -58,7 +73,9 @@ async fn a_built_in_is_downloaded_by_pve_baked_with_the_agent_and_sealed() {
         .iter()
         .filter(|e| e.status == 200)
         .map(|e| e.route.as_str())
-        .filter(|r| r.ends_with("/agent/ping") || r.ends_with("/agent/exec") || r.ends_with("/template"))
+        .filter(|r| {
+            r.ends_with("/agent/ping") || r.ends_with("/agent/exec") || r.ends_with("/template")
+        })
         .collect();
     assert_eq!(
         order,
@@ -104,9 +121,21 @@ async fn a_wrong_pinned_checksum_fails_with_pves_wording_and_leaves_nothing() {
         .await
         .unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("checksum mismatch: got '") && msg.contains(&"ab".repeat(64)), "{msg}");
-    assert!(sim.vmids().is_empty(), "the failed claim was removed: {:?}", sim.vmids());
-    let files = client(&sim).node(NODE).storage("local").content(Some("import")).await.unwrap();
+    assert!(
+        msg.contains("checksum mismatch: got '") && msg.contains(&"ab".repeat(64)),
+        "{msg}"
+    );
+    assert!(
+        sim.vmids().is_empty(),
+        "the failed claim was removed: {:?}",
+        sim.vmids()
+    );
+    let files = client(&sim)
+        .node(NODE)
+        .storage("local")
+        .content(Some("import"))
+        .await
+        .unwrap();
     assert!(files.is_empty(), "{files:?}");
 }
 
@@ -127,20 +156,45 @@ async fn kali_is_downloaded_unpacked_and_uploaded_once() {
     let ev = Events::default();
     let src = VmSource::BuiltIn(BuiltIn::Kali20254);
     let tpl = t.ensure_template(&src, &ev.sink()).await.unwrap();
-    let name = t.config().images.get(BuiltIn::Kali20254).remote_name().to_owned();
+    let name = t
+        .config()
+        .images
+        .get(BuiltIn::Kali20254)
+        .remote_name()
+        .to_owned();
     assert_eq!(srv.hits(&name), 1);
-    let files = client(&sim).node(NODE).storage("local").content(Some("import")).await.unwrap();
-    let raw = files.iter().find(|f| f.volid.ends_with(".raw")).expect("raw image uploaded");
+    let files = client(&sim)
+        .node(NODE)
+        .storage("local")
+        .content(Some("import"))
+        .await
+        .unwrap();
+    let raw = files
+        .iter()
+        .find(|f| f.volid.ends_with(".raw"))
+        .expect("raw image uploaded");
     assert_eq!(raw.size, Some(5000));
-    assert!(ev.all().iter().any(|p| matches!(p.event, ProgressEvent::Bytes { what: "download", done, .. } if done > 0)));
+    assert!(ev.all().iter().any(
+        |p| matches!(p.event, ProgressEvent::Bytes { what: "download", done, .. } if done > 0)
+    ));
     // The template is gone (say, collected); a rebuild finds the raw image in storage and
     // neither downloads nor uploads again (the peer re-downloaded Kali every time).
     assert_eq!(t.gc(&[]).await.unwrap().templates, vec![tpl.vmid]);
     let raw_vol = raw.volid.clone();
     let pve = client(&sim);
-    assert!(pve.node(NODE).storage("local").content(Some("import")).await.unwrap().is_empty());
+    assert!(
+        pve.node(NODE)
+            .storage("local")
+            .content(Some("import"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Put it back as a user would have it from an earlier run, then rebuild.
-    let raw_path = t.config().cache_dir.join(raw_vol.rsplit('/').next().unwrap());
+    let raw_path = t
+        .config()
+        .cache_dir
+        .join(raw_vol.rsplit('/').next().unwrap());
     let upid = pve
         .node(NODE)
         .storage("local")
@@ -157,7 +211,10 @@ async fn kali_is_downloaded_unpacked_and_uploaded_once() {
     let again = t.ensure_template(&src, &|_| {}).await.unwrap();
     assert_ne!(again.vmid.0, 0);
     assert_eq!(srv.hits(&name), 1, "not downloaded again");
-    assert_eq!(sim.request_count("POST", "/nodes/{node}/storage/{storage}/upload"), 0);
+    assert_eq!(
+        sim.request_count("POST", "/nodes/{node}/storage/{storage}/upload"),
+        0
+    );
 }
 
 #[tokio::test]
@@ -179,7 +236,11 @@ async fn an_ova_is_cached_by_content_not_by_name_and_size() {
     let changed = t2.ensure_template(&src, &|_| {}).await.unwrap();
     assert_ne!(changed.vmid, first.vmid);
     assert_ne!(changed.key, first.key);
-    assert_eq!(sim.request_count("POST", "/nodes/{node}/storage/{storage}/upload"), 1, "the new OVA only; the seed ISO was already there");
+    assert_eq!(
+        sim.request_count("POST", "/nodes/{node}/storage/{storage}/upload"),
+        1,
+        "the new OVA only; the seed ISO was already there"
+    );
 }
 
 #[tokio::test]
@@ -202,7 +263,10 @@ async fn an_ova_without_agent_can_be_sealed_unbooted_on_ide_with_a_windows_os_ty
     assert_eq!(cfg["ostype"], "win11");
     assert_eq!(cfg["cpu"], "x86-64-v2-AES");
     assert!(cfg["ide0"].contains("base-"), "{cfg:?}");
-    assert_eq!(sim.request_count("POST", "/nodes/{node}/qemu/{vmid}/status/start"), 0);
+    assert_eq!(
+        sim.request_count("POST", "/nodes/{node}/qemu/{vmid}/status/start"),
+        0
+    );
 }
 
 #[tokio::test]
@@ -267,17 +331,33 @@ async fn a_linked_clone_gets_its_shape_in_one_config_call_and_a_resize() {
     assert_eq!(cfg["cores"], "4");
     assert_eq!(cfg["cpu"], "x86-64-v3");
     assert_eq!(cfg["bios"], "ovmf");
-    assert!(cfg["efidisk0"].starts_with("local-lvm:vm-301-disk-"), "{cfg:?}");
-    assert_eq!(cfg["net0"], "e1000=BC:24:11:AA:BB:CC,bridge=sbx1v0,firewall=1");
+    assert!(
+        cfg["efidisk0"].starts_with("local-lvm:vm-301-disk-"),
+        "{cfg:?}"
+    );
+    assert_eq!(
+        cfg["net0"],
+        "e1000=BC:24:11:AA:BB:CC,bridge=sbx1v0,firewall=1"
+    );
     assert!(cfg["net1"].starts_with("virtio=BC:24:11:") && cfg["net1"].ends_with(",bridge=sbx1v1"));
     assert_eq!(cfg["tags"], "pvesandbox;run-abc");
     assert!(cfg["scsi0"].contains("size=20G"), "{cfg:?}");
     assert_eq!(cfg["name"], "box1");
     let counts = sim.requests().counts();
-    eprintln!("clone + UEFI config + resize: {} REST calls: {counts:?}", out.rest_calls);
+    eprintln!(
+        "clone + UEFI config + resize: {} REST calls: {counts:?}",
+        out.rest_calls
+    );
     assert_eq!(out.rest_calls as usize, sim.requests().total());
-    assert_eq!(sim.request_count("POST", "/nodes/{node}/qemu/{vmid}/clone"), 1);
-    assert_eq!(sim.request_count("POST", "/nodes/{node}/qemu/{vmid}/config") + sim.request_count("PUT", "/nodes/{node}/qemu/{vmid}/config"), 1);
+    assert_eq!(
+        sim.request_count("POST", "/nodes/{node}/qemu/{vmid}/clone"),
+        1
+    );
+    assert_eq!(
+        sim.request_count("POST", "/nodes/{node}/qemu/{vmid}/config")
+            + sim.request_count("PUT", "/nodes/{node}/qemu/{vmid}/config"),
+        1
+    );
     // Plain linked clone, no UEFI, disk not bigger than the template's: two calls + polls.
     sim.reset_requests();
     let mut small = CloneSpec::new(Vmid(302));
@@ -285,7 +365,10 @@ async fn a_linked_clone_gets_its_shape_in_one_config_call_and_a_resize() {
     let out = clone_template(&pve, &tpl, &small, wait()).await.unwrap();
     assert!(!out.resized);
     eprintln!("plain linked clone: {} REST calls", out.rest_calls);
-    assert_eq!(sim.request_count("PUT", "/nodes/{node}/qemu/{vmid}/resize"), 0);
+    assert_eq!(
+        sim.request_count("PUT", "/nodes/{node}/qemu/{vmid}/resize"),
+        0
+    );
     assert_eq!(out.rest_calls as usize, sim.requests().total());
     // Full clone on request.
     let mut full = CloneSpec::new(Vmid(303));
@@ -333,16 +416,33 @@ async fn gc_removes_what_no_source_needs_and_nothing_untagged() {
     let mut vols = r.volumes.clone();
     vols.sort();
     assert_eq!(vols.len(), 2, "{vols:?}");
-    assert!(vols.iter().any(|v| v.starts_with("local:import/pvesandbox-ova-")));
+    assert!(
+        vols.iter()
+            .any(|v| v.starts_with("local:import/pvesandbox-ova-"))
+    );
     assert!(vols.contains(&"local:iso/pvesandbox-seed-000000000000.iso".to_owned()));
     let ids = sim.vmids();
     assert!(ids.contains(&deb.vmid.0) && ids.contains(&8200) && !ids.contains(&o.vmid.0));
-    let left: Vec<String> = pve.node(NODE).storage("local").content(None).await.unwrap().into_iter().map(|c| c.volid).collect();
+    let left: Vec<String> = pve
+        .node(NODE)
+        .storage("local")
+        .content(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.volid)
+        .collect();
     assert!(left.contains(&"local:iso/user.iso".to_owned()));
     assert!(left.iter().any(|v| v.contains("pvesandbox-debian13-")));
-    assert!(left.contains(&format!("local:iso/{}", NoCloudSeed::bake(&t.config().packages).filename())));
+    assert!(left.contains(&format!(
+        "local:iso/{}",
+        NoCloudSeed::bake(&t.config().packages).filename()
+    )));
     // Again: nothing more to do.
-    assert_eq!(t.gc(&[VmSource::BuiltIn(BuiltIn::Debian13)]).await.unwrap(), Default::default());
+    assert_eq!(
+        t.gc(&[VmSource::BuiltIn(BuiltIn::Debian13)]).await.unwrap(),
+        Default::default()
+    );
 }
 
 /// The simulator's cloud-image model: an imported disk has no agent until it boots with a
@@ -372,7 +472,12 @@ async fn the_agent_of_an_imported_disk_needs_a_seed_that_installs_it() {
         let p = dir.join(name);
         std::fs::write(&p, seed.to_iso().unwrap()).unwrap();
         let upid = st
-            .upload(&pve_client::Upload { file: p, content: "iso".into(), filename: name.into(), checksum: None })
+            .upload(&pve_client::Upload {
+                file: p,
+                content: "iso".into(),
+                filename: name.into(),
+                checksum: None,
+            })
             .await
             .unwrap();
         pve.wait_task(&upid, wait()).await.unwrap();
@@ -387,19 +492,80 @@ async fn the_agent_of_an_imported_disk_needs_a_seed_that_installs_it() {
                 p.push("ide2", format!("local:iso/{s},media=cdrom"));
             }
             let n = pve.node(NODE);
-            pve.wait_task(&n.qemu_create(Vmid(vmid), &p).await.unwrap(), wait()).await.unwrap();
-            pve.wait_task(&n.qemu(Vmid(vmid)).start().await.unwrap(), wait()).await.unwrap();
-            pve.post(&format!("/nodes/{NODE}/qemu/{vmid}/agent/ping"), &Params::new()).await
+            pve.wait_task(&n.qemu_create(Vmid(vmid), &p).await.unwrap(), wait())
+                .await
+                .unwrap();
+            pve.wait_task(&n.qemu(Vmid(vmid)).start().await.unwrap(), wait())
+                .await
+                .unwrap();
+            pve.post(
+                &format!("/nodes/{NODE}/qemu/{vmid}/agent/ping"),
+                &Params::new(),
+            )
+            .await
         }
     };
     let e = boot(401, None).await.unwrap_err();
-    assert!(e.to_string().contains("QEMU guest agent is not running"), "{e}");
+    assert!(
+        e.to_string().contains("QEMU guest agent is not running"),
+        "{e}"
+    );
     assert!(boot(402, Some("bad.iso")).await.is_err());
     boot(403, Some("good.iso")).await.unwrap();
     // import-from a missing volume: PVE's wording.
     let e = node
-        .qemu_create(Vmid(404), &Params::new().with("scsi0", "local-lvm:0,import-from=local:import/nope.qcow2"))
+        .qemu_create(
+            Vmid(404),
+            &Params::new().with("scsi0", "local-lvm:0,import-from=local:import/nope.qcow2"),
+        )
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("can't find file 'local:import/nope.qcow2'"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("can't find file 'local:import/nope.qcow2'"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_claim_is_taken_over_and_a_fresh_one_waited_for() {
+    let (sim, _srv, t) = setup("stale").await;
+    let src = VmSource::BuiltIn(BuiltIn::Debian13);
+    let key = t.key_of(&src, &Default::default()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // A claim from a process that died three hours ago.
+    sim.add_vm(VmSeed::vm(9990, "dead-builder").with(
+        "tags",
+        &format!("pvesandbox;tpl-{key};building;bs-{}", now - 3 * 3600),
+    ));
+    let ev = Events::default();
+    let tpl = t.ensure_template(&src, &ev.sink()).await.unwrap();
+    assert!(
+        phases(&ev).contains(&Phase::TakingOver { vmid: Vmid(9990) }),
+        "{:?}",
+        phases(&ev)
+    );
+    assert!(!sim.vmids().contains(&9990));
+    assert_ne!(tpl.vmid, Vmid(9990));
+    // A claim of another key that is alive: the waiter gives up at its deadline.
+    let ubuntu = VmSource::BuiltIn(BuiltIn::Ubuntu2404);
+    let ukey = t.key_of(&ubuntu, &Default::default()).await.unwrap();
+    sim.add_vm(
+        VmSeed::vm(9991, "busy-builder")
+            .with("tags", &format!("pvesandbox;tpl-{ukey};building;bs-{now}")),
+    );
+    let mut cfg = t.config().clone();
+    cfg.wait_timeout = Duration::from_millis(300);
+    let impatient = Templates::new(client(&sim), cfg);
+    let ev = Events::default();
+    let e = impatient
+        .ensure_template(&ubuntu, &ev.sink())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
+    assert!(phases(&ev).contains(&Phase::WaitingForOtherBuilder { vmid: Vmid(9991) }));
+    assert!(sim.vmids().contains(&9991), "a live claim is left alone");
 }

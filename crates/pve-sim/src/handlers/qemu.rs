@@ -166,7 +166,11 @@ fn imported_image(ctx: &Ctx) -> Option<String> {
     ctx.params
         .iter()
         .filter(|(k, _)| is_disk_key(k) && k.as_str() != "efidisk0" && k.as_str() != "tpmstate0")
-        .find_map(|(_, v)| PropString::parse(v.first()?).get("import-from").map(str::to_owned))
+        .find_map(|(_, v)| {
+            PropString::parse(v.first()?)
+                .get("import-from")
+                .map(str::to_owned)
+        })
 }
 
 /// Whether a NoCloud seed that installs the guest agent is attached as a CD-ROM.

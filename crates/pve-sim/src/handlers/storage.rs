@@ -8,8 +8,8 @@ use super::Ctx;
 use super::qemu::{is_disk_key, parse_size};
 use crate::config::{StorageConfig, TaskKind};
 use crate::error::ApiError;
-use crate::propstring::PropString;
 use crate::image::{Sniffed, Sniffer};
+use crate::propstring::PropString;
 use crate::state::{Shared, State, Volume, unix_now};
 
 /// Bytes used on `storage` of `node`: VM disks plus files.
@@ -111,7 +111,8 @@ async fn fetch(url: &str) -> Result<Sniffed, String> {
     let ip: std::net::IpAddr = if host == "localhost" {
         std::net::Ipv4Addr::LOCALHOST.into()
     } else {
-        host.parse().map_err(|_| fail(&format!("'{host}' is not a loopback address")))?
+        host.parse()
+            .map_err(|_| fail(&format!("'{host}' is not a loopback address")))?
     };
     if !ip.is_loopback() {
         return Err(fail(&format!("'{host}' is not a loopback address")));
@@ -126,7 +127,10 @@ async fn fetch(url: &str) -> Result<Sniffed, String> {
     tokio::spawn(conn);
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let req = http::Request::get(path)
-        .header(http::header::HOST, uri.authority().map_or("", |a| a.as_str()))
+        .header(
+            http::header::HOST,
+            uri.authority().map_or("", |a| a.as_str()),
+        )
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(|e| fail(&e))?;
     let resp = send.send_request(req).await.map_err(|e| fail(&e))?;
@@ -297,9 +301,15 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                     ];
                     if let Some((algo, want)) = &checksum {
                         lines.push("calculating checksum...".into());
-                        let got = sniffed.digests.get(algo.as_str()).cloned().unwrap_or_default();
+                        let got = sniffed
+                            .digests
+                            .get(algo.as_str())
+                            .cloned()
+                            .unwrap_or_default();
                         if &got != want {
-                            return Err(format!("checksum mismatch: got '{got}' != expect '{want}'"));
+                            return Err(format!(
+                                "checksum mismatch: got '{got}' != expect '{want}'"
+                            ));
                         }
                         lines.push("checksum verified".into());
                     }

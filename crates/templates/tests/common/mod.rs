@@ -54,24 +54,28 @@ impl FileServer {
         let s2 = s.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 let s3 = s2.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let s4 = s3.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            *s4.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-                            let body = s4.files.lock().unwrap().get(&path).cloned();
-                            Ok::<_, std::convert::Infallible>(match body {
-                                Some(b) => hyper::Response::new(Full::new(b)),
-                                None => hyper::Response::builder()
-                                    .status(404)
-                                    .body(Full::new(Bytes::from_static(b"not found")))
-                                    .unwrap(),
-                            })
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let s4 = s3.clone();
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                *s4.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+                                let body = s4.files.lock().unwrap().get(&path).cloned();
+                                Ok::<_, std::convert::Infallible>(match body {
+                                    Some(b) => hyper::Response::new(Full::new(b)),
+                                    None => hyper::Response::builder()
+                                        .status(404)
+                                        .body(Full::new(Bytes::from_static(b"not found")))
+                                        .unwrap(),
+                                })
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                         .await;
@@ -101,11 +105,17 @@ impl FileServer {
 }
 
 pub fn sha256(b: &[u8]) -> String {
-    sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 pub fn sha512(b: &[u8]) -> String {
-    sha2::Sha512::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    sha2::Sha512::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// A tar archive of `members`.
@@ -123,7 +133,10 @@ pub fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
 
 /// An OVA: a descriptor and one disk of `disk` bytes.
 pub fn ova(disk: &[u8]) -> Vec<u8> {
-    tar_of(&[("appliance.ovf", b"<Envelope/>"), ("appliance-disk1.vmdk", disk)])
+    tar_of(&[
+        ("appliance.ovf", b"<Envelope/>"),
+        ("appliance-disk1.vmdk", disk),
+    ])
 }
 
 pub fn tar_xz(members: &[(&str, &[u8])]) -> Vec<u8> {
