@@ -212,7 +212,7 @@ impl Templates {
         Ok(build::Plan::of(self, source, opts, &|_| {}).await?.key)
     }
 
-    /// Removes our templates and files that no source in `keep` needs (see [`gc::GcReport`]).
+    /// Removes our templates and files that no source in `keep` needs (see [`GcReport`]).
     pub async fn gc(&self, keep: &[VmSource]) -> Result<GcReport> {
         gc::run(self, keep).await
     }

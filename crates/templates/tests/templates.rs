@@ -569,3 +569,41 @@ async fn a_stale_claim_is_taken_over_and_a_fresh_one_waited_for() {
     assert!(phases(&ev).contains(&Phase::WaitingForOtherBuilder { vmid: Vmid(9991) }));
     assert!(sim.vmids().contains(&9991), "a live claim is left alone");
 }
+
+#[tokio::test]
+async fn download_url_refuses_to_override_an_existing_file() {
+    let (sim, srv, _) = setup("override").await;
+    let pve = client(&sim);
+    let st = pve.node(NODE).storage("local");
+    let d = pve_client::DownloadUrl {
+        url: srv.put("a.qcow2", b"one".to_vec()),
+        content: "import".into(),
+        filename: "a.qcow2".into(),
+        checksum: Some(("sha256".into(), sha256(b"one"))),
+        compression: None,
+    };
+    pve.wait_task(&st.download_url(&d).await.unwrap(), wait())
+        .await
+        .unwrap();
+    let files = st.content(Some("import")).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].size, Some(3));
+    let e = st.download_url(&d).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("refusing to override existing file '/var/lib/vz/import/a.qcow2'"),
+        "{e}"
+    );
+    // A URL that is not loopback is refused by the simulator (it never leaves the host).
+    let far = pve_client::DownloadUrl {
+        url: "http://192.0.2.1/x.qcow2".into(),
+        filename: "x.qcow2".into(),
+        checksum: None,
+        ..d
+    };
+    let e = pve
+        .wait_task(&st.download_url(&far).await.unwrap(), wait())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("download failed"), "{e}");
+}

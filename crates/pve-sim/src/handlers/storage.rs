@@ -77,6 +77,21 @@ fn volid_for(storage: &str, content: &str, filename: &str) -> String {
     format!("{storage}:{content}/{filename}")
 }
 
+/// Where a dir storage keeps a file (PVE's layout; `local` is `/var/lib/vz`).
+fn dir_path(s: &StorageConfig, content: &str, filename: &str) -> String {
+    let sub = match content {
+        "iso" => "template/iso",
+        "vztmpl" => "template/cache",
+        other => other,
+    };
+    let root = if s.id == "local" {
+        "/var/lib/vz".to_owned()
+    } else {
+        format!("/mnt/pve/{}", s.id)
+    };
+    format!("{root}/{sub}/{filename}")
+}
+
 /// The stored volume for a file's bytes.
 fn volume_from(storage: &str, content: &str, filename: &str, f: &Sniffed) -> Volume {
     let seed = match (content, &f.bytes) {
@@ -281,6 +296,17 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                 )
             });
             let compression = ctx.str("compression").map(str::to_owned);
+            let target = volid_for(&s.id, &content, &filename);
+            if st
+                .volumes
+                .get(&(node.clone(), s.id.clone()))
+                .is_some_and(|l| l.iter().any(|v| v.volid == target))
+            {
+                return Err(ApiError::internal(format!(
+                    "refusing to override existing file '{}'",
+                    dir_path(&s, &content, &filename)
+                )));
+            }
             let upid = st.begin_task(&node, &ctx.user, "download", "");
             let key = (node.clone(), s.id.clone());
             let modelled = shared.cfg.latency.duration(TaskKind::Download);
