@@ -275,7 +275,12 @@ impl Templates {
 
     /// Creates the claim VM at the first free id of the key's probe order. `Ok(None)`: the
     /// id we tried was taken meanwhile (by whom, the next listing tells).
-    async fn claim(&self, plan: &Plan, list: &[VmEntry]) -> Result<Option<Vmid>> {
+    async fn claim(
+        &self,
+        plan: &Plan,
+        list: &[VmEntry],
+        elsewhere: &mut Vec<u32>,
+    ) -> Result<Option<Vmid>> {
         let node = self.pve.node(&self.cfg.node);
         let now = unix_now();
         let tags = [
@@ -287,7 +292,7 @@ impl Templates {
         .join(";");
         let Some(id) = self
             .probe_order(&plan.key)
-            .find(|id| !list.iter().any(|e| e.vmid.0 == *id))
+            .find(|id| !list.iter().any(|e| e.vmid.0 == *id) && !elsewhere.contains(id))
         else {
             return Err(Error::NoFreeVmid {
                 start: *self.cfg.vmid_range.start(),
@@ -326,7 +331,21 @@ impl Templates {
                 self.pve.wait_task(&upid, self.wait_opts()).await?;
                 Ok(Some(vmid))
             }
-            Err(e) if e.is_already_exists() => Ok(None),
+            Err(e) if e.is_already_exists() => {
+                // Ids are cluster-wide but the listing is this node's: an id taken on another
+                // node never shows in it, so remember it rather than retry it forever.
+                let listed_now = self
+                    .pve
+                    .node(&self.cfg.node)
+                    .qemu_list()
+                    .await?
+                    .iter()
+                    .any(|e| e.vmid == vmid);
+                if !listed_now {
+                    elsewhere.push(id);
+                }
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -347,6 +366,7 @@ pub(crate) async fn ensure(
     let deadline = Instant::now() + t.cfg.wait_timeout;
     let mut backoff = Duration::from_millis(20);
     let mut waiting_on = None;
+    let mut elsewhere = Vec::new();
     loop {
         let list = node.qemu_list().await?;
         let ours = |e: &&VmEntry| {
@@ -388,7 +408,7 @@ pub(crate) async fn ensure(
             backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
-        let Some(vmid) = t.claim(&plan, &list).await? else {
+        let Some(vmid) = t.claim(&plan, &list, &mut elsewhere).await? else {
             continue;
         };
         // Settle a double claim (see the crate docs): the lowest id builds.

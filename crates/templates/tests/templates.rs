@@ -607,3 +607,41 @@ async fn download_url_refuses_to_override_an_existing_file() {
         .unwrap_err();
     assert!(e.to_string().contains("download failed"), "{e}");
 }
+
+#[tokio::test]
+async fn an_id_taken_on_another_node_is_skipped_not_retried_forever() {
+    let sim = pve_sim::PveSim::start(pve_sim::SimConfig::new().nodes(&[NODE, "pve2"]))
+        .await
+        .unwrap();
+    let srv = FileServer::start().await;
+    let mut cfg = config(&scratch("nodes"), catalog(&srv));
+    cfg.vmid_range = 9000..=9001;
+    let mut other = VmSeed::vm(9000, "elsewhere");
+    other.node = Some("pve2".into());
+    sim.add_vm(other);
+    let mut other = VmSeed::vm(9001, "elsewhere-too");
+    other.node = Some("pve2".into());
+    let t = Templates::new(client(&sim), cfg.clone());
+    let src = VmSource::BuiltIn(BuiltIn::Debian13);
+    sim.add_vm(other);
+    let e = tokio::time::timeout(Duration::from_secs(10), t.ensure_template(&src, &|_| {}))
+        .await
+        .expect("no endless retry")
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::NoFreeVmid {
+                start: 9000,
+                end: 9001
+            }
+        ),
+        "{e}"
+    );
+    cfg.vmid_range = 9000..=9002;
+    let tpl = Templates::new(client(&sim), cfg)
+        .ensure_template(&src, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(tpl.vmid, Vmid(9002));
+}
