@@ -229,3 +229,40 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Callers spawn these on a multi-threaded runtime: the futures must be `Send`.
+    #[test]
+    fn the_public_futures_are_send() {
+        let pve = PveClient::builder()
+            .base_url("https://127.0.0.1:1")
+            .api_token("root@pam!x", "00000000-0000-0000-0000-000000000000")
+            .build()
+            .unwrap();
+        let t = Templates::new(pve.clone(), TemplateConfig::new("pve1"));
+        let src = VmSource::BuiltIn(BuiltIn::Debian13);
+        assert_send(&t.ensure_template(&src, &|_| {}));
+        assert_send(&t.gc(&[]));
+        let tpl = Template {
+            vmid: Vmid(9000),
+            node: "pve1".into(),
+            key: "k".into(),
+            tags: vec![],
+            boot_disk: "scsi0".into(),
+            disk_bytes: None,
+            nics: vec![],
+        };
+        let spec = CloneSpec::new(Vmid(100));
+        assert_send(&clone_template(
+            &pve,
+            &tpl,
+            &spec,
+            pve_client::WaitOptions::with_timeout(Duration::from_secs(1)),
+        ));
+    }
+}
