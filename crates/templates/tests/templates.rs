@@ -101,6 +101,11 @@ async fn a_built_in_is_downloaded_by_pve_baked_with_the_agent_and_sealed() {
     ] {
         assert!(ph.contains(&want), "{want:?} not in {ph:?}");
     }
+    eprintln!(
+        "cold bake of a built-in: {} REST calls: {:?}",
+        sim.requests().total(),
+        sim.requests().counts()
+    );
     // Idempotent: the second call is one listing.
     sim.reset_requests();
     let again = t.ensure_template(&src, &|_| {}).await.unwrap();
