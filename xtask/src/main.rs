@@ -234,6 +234,12 @@ mod tidy {
                 "{lib} is a library over pve-client alone"
             );
         }
+        // templates
+        assert_eq!(
+            our_deps(&read("templates")),
+            ["pve-client"],
+            "templates is a library over pve-client alone"
+        );
         assert_eq!(
             our_deps(
                 "[dependencies]\npve-client.workspace = true\n[dev-dependencies]\npve-sim.workspace = true\n"
