@@ -114,8 +114,18 @@ pub async fn clone_template(
     spec: &CloneSpec,
     wait: WaitOptions,
 ) -> Result<CloneOutcome> {
-    let node = pve.node(&template.node);
-    let mut calls = 0u32;
+    let upid = start_clone(pve, template, spec).await?;
+    finish_clone(pve, template, spec, &upid, wait).await
+}
+
+/// The first half of [`clone_template`]: only `POST clone`, which claims `spec.newid`
+/// (name, description, pool and storage go with it). Its error is PVE's own, so a VM-id
+/// allocator can tell "id taken" (`is_already_exists`) from a real failure.
+pub async fn start_clone(
+    pve: &PveClient,
+    template: &Template,
+    spec: &CloneSpec,
+) -> std::result::Result<pve_client::Upid, pve_client::Error> {
     let mut opts = CloneOptions::new(spec.newid);
     opts.name = spec.name.clone();
     opts.pool = spec.pool.clone();
@@ -124,9 +134,24 @@ pub async fn clone_template(
         opts.full = Some(true);
         opts.storage = spec.storage.clone();
     }
-    let upid = node.qemu(template.vmid).clone_vm(&opts).await?;
-    calls += 1;
-    calls += wait_counting(pve, &upid, wait).await?;
+    pve.node(&template.node)
+        .qemu(template.vmid)
+        .clone_vm(&opts)
+        .await
+}
+
+/// The second half of [`clone_template`]: waits for the clone task `upid`, then configures
+/// and resizes as `spec` says.
+pub async fn finish_clone(
+    pve: &PveClient,
+    template: &Template,
+    spec: &CloneSpec,
+    upid: &pve_client::Upid,
+    wait: WaitOptions,
+) -> Result<CloneOutcome> {
+    let node = pve.node(&template.node);
+    let mut calls = 1u32;
+    calls += wait_counting(pve, upid, wait).await?;
     let vm = node.qemu(spec.newid);
     let mut p = Params::new()
         .with("memory", spec.memory_mb)

@@ -45,7 +45,7 @@ use std::time::{Duration, SystemTime};
 
 use pve_client::{PveClient, VmEntry, Vmid};
 
-pub use clone::{CloneOutcome, CloneSpec, NicSpec, clone_template};
+pub use clone::{CloneOutcome, CloneSpec, NicSpec, clone_template, finish_clone, start_clone};
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use images::{Checksum, ChecksumAlgorithm, ImageCatalog, ImageFormat, ImageSpec};
