@@ -247,6 +247,12 @@ mod tidy {
                 "{lib} is a library over pve-client alone"
             );
         }
+        // templates
+        assert_eq!(
+            our_deps(&read("templates")),
+            ["pve-client"],
+            "templates is a library over pve-client alone"
+        );
         // ---- Inspect AI adapter ----
         // The adapter wraps the sandbox crate; it names guest-agent only for the exec request
         // and error types the sandbox API hands out. Never the simulator or the raw client.

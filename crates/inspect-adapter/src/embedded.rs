@@ -1,14 +1,15 @@
 //! The embedded-simulator mode: `PVESANDBOX_EMBEDDED_SIM=process|qemu` runs every sample of
 //! this process against pvesandbox's embedded PVE simulator instead of a configured Proxmox.
 //!
-//! It exists so that Inspect's own self-check and a real `inspect eval` can run on a machine
+//! It exists so that Inspect's own self-check and a real `inspect eval` run on a machine
 //! without Proxmox (CI): `process` boots guests as Linux namespaces (root and user namespaces
 //! needed), `qemu` boots real qemu-guest-agent guests from the image `cargo xtask guest-image`
-//! caches. The simulator lives until [`shutdown`] (the Python half calls it at exit), since
-//! dropping it is what powers its guests off.
+//! caches. It is the CLI demo's world (a loopback image mirror with a stand-in for the
+//! `debian13` built-in), with instant tasks. The simulator lives until [`shutdown`] (the
+//! Python half calls it at exit), since dropping it is what powers its guests off.
 
 use pvesandbox::Settings;
-use pvesandbox::embedded::{EmbeddedSim, SimOptions, start_sim};
+use pvesandbox::embedded::{DemoSim, SimOptions, start_demo_sim_with};
 use tokio::sync::Mutex;
 
 /// The variable that turns the mode on.
@@ -19,7 +20,7 @@ const DEFAULT_SAMPLES: u32 = 4;
 /// The embedded instance's id in cleanup reports and errors.
 const INSTANCE: &str = "embedded";
 
-static SIM: Mutex<Option<EmbeddedSim>> = Mutex::const_new(None);
+static SIM: Mutex<Option<DemoSim>> = Mutex::const_new(None);
 
 /// Which guests the simulator boots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +38,7 @@ pub(crate) fn mode() -> Result<Option<Guests>, String> {
         "1" | "process" => Ok(Some(Guests::Process)),
         "qemu" => Ok(Some(Guests::Qemu)),
         other => Err(format!(
-            "{VAR}={other:?}: use `process` (or 1) for namespace guests, `qemu` for qemu-guest-agent guests, or unset it"
+            "invalid configuration: {VAR} = {other:?}: use `process` (or 1) for namespace guests, `qemu` for qemu-guest-agent guests, or unset it"
         )),
     }
 }
@@ -46,19 +47,19 @@ pub(crate) fn mode() -> Result<Option<Guests>, String> {
 pub(crate) fn samples() -> Result<u32, String> {
     match std::env::var(SAMPLES_VAR) {
         Err(_) => Ok(DEFAULT_SAMPLES),
-        Ok(v) => v
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("{SAMPLES_VAR}={v:?}: use a positive number of samples")),
+        Ok(v) => v.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            format!(
+                "invalid configuration: {SAMPLES_VAR} = {v:?}: use a positive number of samples"
+            )
+        }),
     }
 }
 
-/// Adds the embedded instance (in pool `pool`) to `settings`, starting the simulator on first
-/// use. A no-op when the mode is off.
-pub(crate) async fn add_instance(settings: &mut Settings, pool: &str) -> Result<(), String> {
+/// Points `settings` at the embedded simulator (one instance in pool `pool`) and its image
+/// mirror, starting both on first use. A no-op when the mode is off.
+pub(crate) async fn point_at_sim(settings: Settings, pool: &str) -> Result<Settings, String> {
     let Some(guests) = mode()? else {
-        return Ok(());
+        return Ok(settings);
     };
     let max = samples()?;
     let mut sim = SIM.lock().await;
@@ -69,17 +70,18 @@ pub(crate) async fn add_instance(settings: &mut Settings, pool: &str) -> Result<
             process_guests: guests == Guests::Process,
             qemu_guests: guests == Guests::Qemu,
         };
-        *sim = Some(start_sim(opts).await.map_err(|e| e.to_string())?);
+        *sim = Some(start_demo_sim_with(opts).await.map_err(|e| e.to_string())?);
     }
     let sim = sim.as_ref().expect("started above");
-    settings.instances.push(sim.instance(INSTANCE, pool, max));
-    Ok(())
+    let mut settings = sim.settings(settings).map_err(|e| e.to_string())?;
+    settings.instances = vec![sim.embedded().instance(INSTANCE, pool, max)];
+    Ok(settings)
 }
 
 /// Stops the simulator and its guests (idempotent).
 pub(crate) fn shutdown() {
-    // Called from Python at exit, outside any runtime, so blocking is fine; `try_lock` keeps an
-    // exit during a start from hanging (the process is going away anyway).
+    // Called from Python at exit, outside any runtime; `try_lock` keeps an exit during a
+    // start from hanging (the process is going away anyway).
     if let Ok(mut sim) = SIM.try_lock() {
         sim.take();
     }

@@ -37,11 +37,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Settings from the usual sources (config file, `PROXMOX_*`, `PVESANDBOX_*`), plus the
 /// embedded simulator's instance in pool `pool` when that mode is on.
 async fn settings(pool: &str) -> PyResult<Settings> {
-    let mut s = Settings::load(None).map_err(errors::lifecycle)?;
-    embedded::add_instance(&mut s, pool)
+    let s = Settings::load(None).map_err(errors::lifecycle)?;
+    embedded::point_at_sim(s, pool)
         .await
-        .map_err(|m| plain("config", m))?;
-    Ok(s)
+        .map_err(|m| plain("config", m))
 }
 
 /// Parses a run id as `inspect sandbox cleanup pve <id>` or `pvesandbox` print it.
@@ -99,7 +98,8 @@ fn configured_capacity() -> PyResult<Option<usize>> {
         total += i.max_samples.unwrap_or(1) as usize;
     }
     if embedded::mode().map_err(|m| plain("config", m))?.is_some() {
-        total += embedded::samples().map_err(|m| plain("config", m))? as usize;
+        // The embedded simulator replaces the configured instances.
+        total = embedded::samples().map_err(|m| plain("config", m))? as usize;
     }
     Ok((total > 0).then_some(total))
 }

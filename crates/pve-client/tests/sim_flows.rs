@@ -793,8 +793,25 @@ async fn upload_and_download_into_storage() {
         .unwrap_err();
     assert!(e.to_string().contains("checksum mismatch"), "{e}");
     std::fs::remove_file(path).ok();
+    // The simulator fetches download-url from loopback only: serve the image from here.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/debian.qcow2", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut req = [0u8; 4096];
+            let _ = tcp.read(&mut req).await;
+            let body = b"QFI\xfb fake qcow2";
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let _ = tcp.write_all(body).await;
+        }
+    });
     let d = DownloadUrl {
-        url: "https://images.example/debian.qcow2".into(),
+        url,
         content: "import".into(),
         filename: "debian.qcow2".into(),
         checksum: None,

@@ -32,6 +32,7 @@ mod faults;
 mod firewall;
 pub mod guest;
 mod handlers;
+mod image;
 mod lifecycle;
 mod log;
 mod propstring;
@@ -278,6 +279,7 @@ impl PveSim {
             linked_from: None,
             started_at: seed.running.then_some(now),
             agent_ready_at: seed.running.then_some(now),
+            cloud_image: None,
         };
         let mut st = self.shared.lock();
         st.vms.insert(seed.vmid, vm);

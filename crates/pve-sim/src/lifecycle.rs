@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::guest::{BootSpec, CannedGuest, Guest, GuestFactory};
+use crate::guest::{BootSpec, CannedGuest, CloudInitGuest, Guest, GuestFactory};
 use crate::state::{Shared, State};
 
 /// The guest of one VM boot.
@@ -36,9 +36,16 @@ pub(crate) struct GuestRec {
 }
 
 enum Op {
-    Boot { spec: BootSpec, started_at: Instant },
+    Boot {
+        spec: BootSpec,
+        started_at: Instant,
+        /// Booted from a cloud image: wrap the guest in the modelled `cloud-init`.
+        cloud_init: bool,
+    },
     PowerOff(Arc<dyn Guest>),
-    CloneDisk { from: u32 },
+    CloneDisk {
+        from: u32,
+    },
     DestroyDisk,
 }
 
@@ -72,9 +79,9 @@ impl State {
         let mut wanted = Vec::new();
         for (&vmid, vm) in &self.vms {
             let want = vm.started_at.filter(|_| vm.running);
-            wanted.push((vmid, want, vm.config.clone()));
+            wanted.push((vmid, want, vm.config.clone(), vm.cloud_image.is_some()));
         }
-        for (vmid, want, config) in wanted {
+        for (vmid, want, config, cloud_init) in wanted {
             self.guests.disks.insert(vmid);
             let current = self.guests.recs.get(&vmid).map(|r| r.started_at);
             if want.is_some() && want == current {
@@ -90,9 +97,21 @@ impl State {
                 config: config.into_iter().collect(),
             };
             let slot = match &factory {
-                None => Slot::Up(Arc::new(CannedGuest::new(spec.clone()))),
+                None => {
+                    let g: Arc<dyn Guest> = Arc::new(CannedGuest::new(spec.clone()));
+                    Slot::Up(if cloud_init {
+                        CloudInitGuest::wrap(g)
+                    } else {
+                        g
+                    })
+                }
                 Some(_) => {
-                    self.enqueue(shared, &factory, vmid, Op::Boot { spec, started_at });
+                    let op = Op::Boot {
+                        spec,
+                        started_at,
+                        cloud_init,
+                    };
+                    self.enqueue(shared, &factory, vmid, op);
                     Slot::Booting
                 }
             };
@@ -169,7 +188,11 @@ async fn worker(
 ) {
     while let Some(op) = rx.recv().await {
         match op {
-            Op::Boot { spec, started_at } => {
+            Op::Boot {
+                spec,
+                started_at,
+                cloud_init,
+            } => {
                 let current = |s: &Shared| {
                     s.lock()
                         .guests
@@ -181,7 +204,13 @@ async fn worker(
                 if !shared.upgrade().is_some_and(|s| current(&s)) {
                     continue;
                 }
-                let booted = factory.boot(spec).await;
+                let booted = factory.boot(spec).await.map(|g| {
+                    if cloud_init {
+                        CloudInitGuest::wrap(g)
+                    } else {
+                        g
+                    }
+                });
                 let leftover = match shared.upgrade() {
                     None => booted.ok(),
                     Some(s) => {

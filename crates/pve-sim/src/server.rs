@@ -1,7 +1,6 @@
 //! HTTP(S) plumbing: accept loop, request parsing, authentication, validation, faults,
 //! dispatch, the `{"data": ...}` envelope and the request log.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +11,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use sha2::Digest;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -200,23 +198,13 @@ async fn parse_multipart(
     while let Some(mut field) = mp.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
         if let Some(fname) = field.file_name().map(str::to_owned) {
-            let (mut size, mut md5ish) = (0u64, sha2::Sha256::new());
-            let mut s1 = sha1::Sha1::new();
-            let mut s512 = sha2::Sha512::new();
+            let mut sniff = crate::image::Sniffer::new();
             while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                size += chunk.len() as u64;
-                md5ish.update(&chunk);
-                s1.update(&chunk);
-                s512.update(&chunk);
+                sniff.feed(&chunk);
             }
-            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            let digests = BTreeMap::from([
-                ("sha256", hex(&md5ish.finalize())),
-                ("sha1", hex(&s1.finalize())),
-                ("sha512", hex(&s512.finalize())),
-            ]);
+            let sniffed = sniff.finish();
             into.entry(name).or_default().push(fname);
-            upload = Some(UploadInfo { size, digests });
+            upload = Some(UploadInfo { sniffed });
         } else {
             let text = field.text().await.map_err(bad)?;
             into.entry(name).or_default().push(text);

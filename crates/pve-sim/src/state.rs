@@ -53,6 +53,18 @@ pub struct Vm {
     pub started_at: Option<Instant>,
     /// When its guest agent answers (after boot).
     pub agent_ready_at: Option<Instant>,
+    /// Its disk came from an imported image (see [`crate::image`]'s cloud-image model).
+    pub cloud_image: Option<CloudImage>,
+}
+
+/// A VM disk made from an `import` volume: a stock cloud image until a NoCloud seed installs
+/// the guest agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudImage {
+    /// The volume it was imported from (`local:import/x.qcow2`).
+    pub source: String,
+    /// cloud-init installed and started the QEMU guest agent on this disk.
+    pub agent_installed: bool,
 }
 
 /// A snapshot.
@@ -85,6 +97,10 @@ pub struct Volume {
     pub size: u64,
     /// Unix time.
     pub ctime: u64,
+    /// Members of a tar archive (an OVA), name and size.
+    pub members: Vec<(String, u64)>,
+    /// What the file is as a NoCloud seed, for an ISO that is one.
+    pub seed: Option<crate::image::NoCloudSeed>,
 }
 
 /// A task, running or stopped.
@@ -310,6 +326,37 @@ impl State {
         upid
     }
 
+    /// Starts a task the caller finishes itself with [`State::finish_task`] (work that must
+    /// `.await`, such as a download).
+    pub(crate) fn begin_task(&mut self, node: &str, user: &str, worker: &str, id: &str) -> String {
+        self.next_pid += 1;
+        let pid = self.next_pid;
+        let pstart = (self.boot.elapsed().as_millis() as u64 / 10) + 0x1B58;
+        let starttime = unix_now();
+        let upid = format!(
+            "UPID:{node}:{pid:08X}:{pstart:08X}:{:08X}:{worker}:{id}:{user}:",
+            starttime as u32
+        );
+        self.tasks.insert(
+            upid.clone(),
+            Task {
+                upid: upid.clone(),
+                node: node.into(),
+                kind: worker.into(),
+                id: id.into(),
+                user: user.into(),
+                starttime,
+                pid,
+                pstart,
+                exitstatus: None,
+                endtime: None,
+                log: Vec::new(),
+            },
+        );
+        self.task_order.push(upid.clone());
+        upid
+    }
+
     /// A task that fails at once with `message` (`TASK ERROR: message`).
     pub(crate) fn failed_task(
         &mut self,
@@ -332,7 +379,7 @@ impl State {
         )
     }
 
-    fn finish_task(&mut self, upid: &str, outcome: Result<Vec<String>, String>) {
+    pub(crate) fn finish_task(&mut self, upid: &str, outcome: Result<Vec<String>, String>) {
         if let Some(t) = self.tasks.get_mut(upid) {
             t.endtime = Some(unix_now());
             match outcome {

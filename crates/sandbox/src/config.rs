@@ -83,6 +83,26 @@ pub struct ImageSettings {
     pub overrides: BTreeMap<String, ImageOverride>,
     /// Storage holding downloaded/imported images and seed ISOs (default `local`).
     pub import_storage: Option<String>,
+    /// Bridge or vnet template builds attach to; needs DHCP and a way to the distribution
+    /// mirrors, since cloud-init installs the guest agent from them (default `vmbr0`).
+    pub bake_bridge: Option<String>,
+    /// Local cache for images downloaded by this machine (default
+    /// `$XDG_CACHE_HOME/pvesandbox/images` or `~/.cache/pvesandbox/images`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl ImageSettings {
+    /// The local image cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(d) = &self.cache_dir {
+            return d.clone();
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("pvesandbox").join("images")
+    }
 }
 
 /// A replacement source for one built-in image.

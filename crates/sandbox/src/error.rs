@@ -23,6 +23,15 @@ pub enum Error {
     /// The guest agent (exec, files) failed.
     #[error(transparent)]
     Agent(#[from] guest_agent::Error),
+    /// Creating, applying or removing a network failed (or its config is invalid).
+    #[error(transparent)]
+    Sdn(#[from] pve_sdn::SdnError),
+    /// Getting a template or cloning it failed.
+    #[error(transparent)]
+    Template(#[from] pvesandbox_templates::Error),
+    /// No VM id could be claimed.
+    #[error(transparent)]
+    Alloc(#[from] pvesandbox_pool::AllocError),
     /// A sandbox name that the sample does not have.
     #[error("no sandbox named {name:?} in this sample; it has: {known:?}")]
     NoSuchSandbox {
@@ -102,8 +111,8 @@ impl Error {
         Error::Config { field, value, fix }
     }
 
-    /// A pool configuration error, keeping its field.
-    pub(crate) fn from_pool(e: pvesandbox_pool::PoolError) -> Error {
+    /// A pool error; its configuration errors become [`Error::Config`], keeping the field.
+    pub fn from_pool(e: pvesandbox_pool::PoolError) -> Error {
         match e {
             pvesandbox_pool::PoolError::Config { field, message } => Error::Config {
                 field,
@@ -119,7 +128,12 @@ impl Error {
         match self {
             Error::Config { .. } => 2,
             Error::NoSuchSandbox { .. } | Error::NoSuchRun { .. } => 3,
-            Error::Pool(_) | Error::Api(_) => 4,
+            Error::Sdn(pve_sdn::SdnError::Invalid { .. }) => 2,
+            Error::Pool(_)
+            | Error::Api(_)
+            | Error::Sdn(_)
+            | Error::Template(_)
+            | Error::Alloc(_) => 4,
             Error::Agent(_) => 5,
             Error::SampleInit { .. } => 6,
             Error::Cleanup { .. } => 7,

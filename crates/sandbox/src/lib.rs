@@ -1,13 +1,51 @@
 //! pvesandbox: disposable, isolated Proxmox VE sandboxes for AI agents.
 //!
-//! The lifecycle in one place, composed from the workspace's libraries: a [`pvesandbox_pool`]
-//! lease, a `pve-sdn` network, VMs cloned from `pvesandbox-templates`, and [`guest_agent`] for
-//! exec and files. Both the `pvesandbox` CLI and the Inspect adapter call this crate.
+//! The lifecycle in one place, composed from the workspace's libraries: a
+//! [`pvesandbox_pool`] lease, a [`pve_sdn`] network, VMs cloned from
+//! [`pvesandbox_templates`] templates, and [`guest_agent`] for exec and files. Both the
+//! `pvesandbox` CLI and the Inspect adapter call this crate.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), pvesandbox::Error> {
+//! use pvesandbox::{EvalConfig, Sandboxes, Settings, TaskOptions};
+//! let settings = Settings::load(None)?; // PROXMOX_* / PROXMOX_CONFIG_FILE / pvesandbox.toml
+//! let task = Sandboxes::task_init(settings, EvalConfig::default(), TaskOptions::default()).await?;
+//! let sample = task.sample_init().await?;
+//! let out = sample
+//!     .get("default")?
+//!     .exec(guest_agent::ExecRequest::new(["uname", "-a"]))
+//!     .await?;
+//! println!("{}", String::from_utf8_lossy(&out.stdout));
+//! sample.cleanup(false).await?;
+//! task.task_cleanup().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Modules: [`config`] (settings, layered with figment), [`eval`] (the sample shape, the
+//! peer's format), [`lifecycle`] (task/sample init and cleanup), [`owner`] (tags and owner
+//! records), [`cleanup`] (from Proxmox state alone), [`embedded`] (the simulator for demos
+//! and tests), [`preflight`] (`doctor`).
 
+pub mod cleanup;
 pub mod config;
+pub mod embedded;
 mod error;
+pub mod eval;
+mod images;
+pub mod lifecycle;
 pub mod owner;
+pub mod preflight;
+mod vm;
 
+pub use cleanup::{CleanupReport, CleanupTarget, cleanup};
 pub use config::{ImageOverride, ImageSettings, RunSettings, Settings};
 pub use error::Error;
+pub use eval::{EvalConfig, VmConfig, VmNicConfig};
+pub use lifecycle::{ProgressFn, Sample, SampleTimings, SandboxVm, Sandboxes, TaskOptions};
 pub use owner::{OwnerRecord, RunId};
+pub use vm::OwnedVm;
+
+/// Every VM of ours in the cluster `client` talks to (one call).
+pub async fn owned_vms(client: &pve_client::PveClient) -> Result<Vec<OwnedVm>, Error> {
+    Ok(vm::list_owned(client).await?)
+}

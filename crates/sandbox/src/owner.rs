@@ -179,6 +179,32 @@ impl OwnerRecord {
     }
 }
 
+/// The PVE name of a sandbox VM: `<name>.s<sample>.<run>` — a valid DNS name that `exec`,
+/// `cp` and `ls` read back. Characters PVE refuses in a name become `-`.
+pub fn vm_name(name: &str, sample: u32, run: &RunId) -> String {
+    let label: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let label = label.trim_matches('-');
+    let label = if label.is_empty() { "vm" } else { label };
+    format!("{label}.s{sample}.{run}")
+}
+
+/// Reads `(name, sample, run)` back from a [`vm_name`].
+pub fn parse_vm_name(vm: &str) -> Option<(String, u32, RunId)> {
+    let mut parts = vm.rsplitn(3, '.');
+    let run = parts.next()?.parse().ok()?;
+    let sample = parts.next()?.strip_prefix('s')?.parse().ok()?;
+    Some((parts.next()?.to_owned(), sample, run))
+}
+
 /// Tags of one VM, as PVE lists them (`;`- or `,`-separated).
 pub fn split_tags(tags: &str) -> Vec<&str> {
     tags.split([';', ',', ' '])
@@ -269,6 +295,18 @@ mod tests {
             "no pvesandbox tag"
         );
         assert_eq!(OwnerRecord::parse("made by hand"), None);
+    }
+
+    #[test]
+    fn vm_names_round_trip_and_are_dns_names() {
+        let run = RunId::random();
+        assert_eq!(
+            parse_vm_name(&vm_name("victim", 7, &run)),
+            Some(("victim".into(), 7, run.clone()))
+        );
+        assert_eq!(vm_name("vm_101", 0, &run), format!("vm-101.s0.{run}"));
+        assert_eq!(vm_name("__", 0, &run), format!("vm.s0.{run}"));
+        assert_eq!(parse_vm_name("hand-made"), None);
     }
 
     #[test]

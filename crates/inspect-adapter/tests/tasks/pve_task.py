@@ -11,7 +11,7 @@ from inspect_ai.scorer import includes
 from inspect_ai.solver import generate, use_tools
 from inspect_ai.tool import bash
 
-from pvesandbox_inspect import PveSandboxEnvironmentConfig
+from pvesandbox_inspect import PveSandboxEnvironmentConfig, VmConfig, VmSourceConfig
 
 # One tool call per step; the final answer repeats the first tool output.
 SCRIPT = [
@@ -47,6 +47,11 @@ def pve_task() -> Task:
         ],
         solver=[use_tools(bash(timeout=2)), generate()],
         scorer=includes(),
-        sandbox=("pve", PveSandboxEnvironmentConfig()),
+        sandbox=(
+            "pve",
+            PveSandboxEnvironmentConfig(
+                vms_config=(VmConfig(vm_source_config=VmSourceConfig(built_in="debian13")),)
+            ),
+        ),
         model=get_model("mockllm/model", custom_outputs=scripted),
     )

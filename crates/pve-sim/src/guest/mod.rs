@@ -15,6 +15,7 @@
 //!   [`GuestFactory::destroy_disk`] on destroy.
 
 mod canned;
+mod cloudinit;
 pub mod process;
 pub mod qemu;
 
@@ -99,4 +100,5 @@ pub trait GuestFactory: Send + Sync + 'static {
 }
 
 pub(crate) use canned::CannedGuest;
+pub(crate) use cloudinit::CloudInitGuest;
 pub use process::{ProcessGuestFactory, ProcessGuestOptions};

@@ -64,7 +64,10 @@ pub(crate) fn prepare(st: &State, ctx: &Ctx) -> Result<AgentCall, ApiError> {
     }
     let not_running = || ApiError::internal("QEMU guest agent is not running");
     // `agent: 0` keeps the key but QEMU then has no agent socket: the ping fails.
+    // A cloud image whose cloud-init never installed the agent has nothing listening.
+    let no_agent_on_disk = vm.cloud_image.as_ref().is_some_and(|c| !c.agent_installed);
     if !agent_enabled(&vm.config)
+        || no_agent_on_disk
         || vm.qmpstatus == "paused"
         || vm.agent_ready_at.is_none_or(|t| Instant::now() < t)
     {

@@ -7,7 +7,6 @@ mod qemu;
 mod sdn;
 mod storage;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -30,8 +29,8 @@ pub(crate) struct Ctx {
 /// What the simulator keeps of an uploaded file.
 #[derive(Debug, Clone)]
 pub(crate) struct UploadInfo {
-    pub size: u64,
-    pub digests: BTreeMap<&'static str, String>,
+    /// Size, digests, tar members, small files' bytes.
+    pub sniffed: crate::image::Sniffed,
 }
 
 impl Ctx {

@@ -144,6 +144,48 @@ fn uuid() -> String {
     )
 }
 
+/// The size of the image `import-from` names: a volume, or a member of an OVA volume
+/// (`local:import/x.ova/disk.vmdk`).
+fn import_source_size(st: &State, src: &str) -> Option<u64> {
+    let vols = || st.volumes.values().flatten();
+    if let Some(v) = vols().find(|v| v.volid == src) {
+        return Some(v.size);
+    }
+    let (ova, member) = src.split_once(".ova/")?;
+    let ova = format!("{ova}.ova");
+    vols()
+        .find(|v| v.volid == ova)?
+        .members
+        .iter()
+        .find(|(n, _)| n == member)
+        .map(|(_, size)| *size)
+}
+
+/// The image a request's disks import from, when one does (the VM becomes a cloud image).
+fn imported_image(ctx: &Ctx) -> Option<String> {
+    ctx.params
+        .iter()
+        .filter(|(k, _)| is_disk_key(k) && k.as_str() != "efidisk0" && k.as_str() != "tpmstate0")
+        .find_map(|(_, v)| {
+            PropString::parse(v.first()?)
+                .get("import-from")
+                .map(str::to_owned)
+        })
+}
+
+/// Whether a NoCloud seed that installs the guest agent is attached as a CD-ROM.
+fn seed_installs_agent(st: &State, cfg: &BTreeMap<String, String>) -> bool {
+    cfg.iter()
+        .filter(|(k, _)| is_disk_key(k))
+        .filter_map(|(_, v)| PropString::parse(v).file().map(str::to_owned))
+        .any(|file| {
+            st.volumes
+                .values()
+                .flatten()
+                .any(|v| v.volid == file && v.seed.as_ref().is_some_and(|s| s.installs_agent))
+        })
+}
+
 fn next_disk_index(st: &State, node: &str, storage: &str, vmid: u32) -> u32 {
     let prefix = format!("{storage}:vm-{vmid}-disk-");
     let base_prefix = format!("{storage}:base-{vmid}-disk-");
@@ -234,12 +276,7 @@ fn normalize(
         }
         let mut bytes = (gib * (1u64 << 30) as f64) as u64;
         if let Some(src) = p.remove("import-from") {
-            let found = st
-                .volumes
-                .values()
-                .flatten()
-                .find(|v| v.volid == src)
-                .map(|v| v.size);
+            let found = import_source_size(st, &src);
             match found {
                 Some(sz) => bytes = bytes.max(sz),
                 None => return Err(ApiError::internal(format!("can't find file '{src}'"))),
@@ -595,6 +632,10 @@ fn create(
             linked_from: None,
             started_at: None,
             agent_ready_at: None,
+            cloud_image: imported_image(ctx).map(|source| crate::state::CloudImage {
+                source,
+                agent_installed: false,
+            }),
         },
     );
     if let Some(pool) = ctx.str("pool") {
@@ -688,6 +729,12 @@ fn update_config(
         ));
     }
     let vm = st.vm_mut(node, vmid)?;
+    if let Some(source) = imported_image(ctx) {
+        vm.cloud_image = Some(crate::state::CloudImage {
+            source,
+            agent_installed: false,
+        });
+    }
     for k in reverts {
         vm.pending.remove(&k);
     }
@@ -854,6 +901,7 @@ fn clone(
             .unwrap_or_default(),
         None => src.config.clone(),
     };
+    let cloud_image = src.cloud_image.clone();
     let src_name = src
         .config
         .get("name")
@@ -929,6 +977,7 @@ fn clone(
             linked_from: (!full).then_some(vmid),
             started_at: None,
             agent_ready_at: None,
+            cloud_image,
         },
     );
     if let Some(pool) = ctx.str("pool") {
@@ -1032,9 +1081,27 @@ fn power(
         &id,
         Some(vmid),
         Box::new(move |st| {
+            // cloud-init reads a seed on the boot that sees it (pending changes apply first).
+            let seeded = st.vms.get(&vmid).is_some_and(|vm| {
+                let mut cfg = vm.config.clone();
+                for (k, v) in &vm.pending {
+                    match v {
+                        Some(v) => cfg.insert(k.clone(), v.clone()),
+                        None => cfg.remove(k),
+                    };
+                }
+                seed_installs_agent(st, &cfg)
+            });
             let vm = st.vms.get_mut(&vmid).ok_or_else(|| {
                 format!("Configuration file 'nodes/pve/qemu-server/{vmid}.conf' does not exist")
             })?;
+            let booting = matches!(action.as_str(), "start" | "reboot" | "reset" | "resume");
+            if booting
+                && seeded
+                && let Some(ci) = vm.cloud_image.as_mut()
+            {
+                ci.agent_installed = true;
+            }
             match action.as_str() {
                 "start" => {
                     if vm.running {

@@ -8,6 +8,7 @@ use super::Ctx;
 use super::qemu::{is_disk_key, parse_size};
 use crate::config::{StorageConfig, TaskKind};
 use crate::error::ApiError;
+use crate::image::{Sniffed, Sniffer};
 use crate::propstring::PropString;
 use crate::state::{Shared, State, Volume, unix_now};
 
@@ -41,6 +42,8 @@ fn disk_volumes(st: &State, node: &str, storage: &str) -> Vec<Volume> {
                 format: "raw".into(),
                 size: p.get("size").and_then(parse_size).unwrap_or(0),
                 ctime: 0,
+                members: Vec::new(),
+                seed: None,
             });
         }
     }
@@ -72,6 +75,92 @@ fn normalize_filename(name: &str) -> String {
 
 fn volid_for(storage: &str, content: &str, filename: &str) -> String {
     format!("{storage}:{content}/{filename}")
+}
+
+/// Where a dir storage keeps a file (PVE's layout; `local` is `/var/lib/vz`).
+fn dir_path(s: &StorageConfig, content: &str, filename: &str) -> String {
+    let sub = match content {
+        "iso" => "template/iso",
+        "vztmpl" => "template/cache",
+        other => other,
+    };
+    let root = if s.id == "local" {
+        "/var/lib/vz".to_owned()
+    } else {
+        format!("/mnt/pve/{}", s.id)
+    };
+    format!("{root}/{sub}/{filename}")
+}
+
+/// The stored volume for a file's bytes.
+fn volume_from(storage: &str, content: &str, filename: &str, f: &Sniffed) -> Volume {
+    let seed = match (content, &f.bytes) {
+        ("iso", Some(b)) => crate::image::read_seed(b),
+        _ => None,
+    };
+    Volume {
+        volid: volid_for(storage, content, filename),
+        content: content.to_owned(),
+        format: format_of(filename),
+        size: f.size,
+        ctime: unix_now(),
+        members: if filename.ends_with(".ova") {
+            f.members.clone()
+        } else {
+            Vec::new()
+        },
+        seed,
+    }
+}
+
+/// GETs `url` (plain HTTP on a loopback address only: the simulator never leaves the host)
+/// and sniffs the body as it streams.
+async fn fetch(url: &str) -> Result<Sniffed, String> {
+    use http_body_util::BodyExt;
+    let fail = |e: &dyn std::fmt::Display| format!("download failed: {e}");
+    let uri: http::Uri = url.parse().map_err(|e| fail(&e))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(fail(&"the simulator fetches plain http:// URLs only"));
+    }
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let ip: std::net::IpAddr = if host == "localhost" {
+        std::net::Ipv4Addr::LOCALHOST.into()
+    } else {
+        host.parse()
+            .map_err(|_| fail(&format!("'{host}' is not a loopback address")))?
+    };
+    if !ip.is_loopback() {
+        return Err(fail(&format!("'{host}' is not a loopback address")));
+    }
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((ip, port))
+        .await
+        .map_err(|e| fail(&e))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .map_err(|e| fail(&e))?;
+    tokio::spawn(conn);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let req = http::Request::get(path)
+        .header(
+            http::header::HOST,
+            uri.authority().map_or("", |a| a.as_str()),
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| fail(&e))?;
+    let resp = send.send_request(req).await.map_err(|e| fail(&e))?;
+    if !resp.status().is_success() {
+        return Err(fail(&resp.status()));
+    }
+    let mut body = resp.into_body();
+    let mut sniff = Sniffer::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| fail(&e))?;
+        if let Some(data) = frame.data_ref() {
+            sniff.feed(data);
+        }
+    }
+    Ok(sniff.finish())
 }
 
 fn format_of(filename: &str) -> String {
@@ -161,7 +250,7 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
             let filename = normalize_filename(ctx.req("filename"));
             if let Some(algo) = ctx.str("checksum-algorithm") {
                 let want = ctx.str("checksum").unwrap_or_default().to_ascii_lowercase();
-                let got = up.digests.get(algo).cloned().unwrap_or_default();
+                let got = up.sniffed.digests.get(algo).cloned().unwrap_or_default();
                 if want != got {
                     let msg = format!("checksum mismatch: got '{got}' != expect '{want}'");
                     return Ok(Value::String(
@@ -169,13 +258,7 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                     ));
                 }
             }
-            let vol = Volume {
-                volid: volid_for(&s.id, &content, &filename),
-                content,
-                format: format_of(&filename),
-                size: up.size,
-                ctime: unix_now(),
-            };
+            let vol = volume_from(&s.id, &content, &filename, &up.sniffed);
             let key = (node.clone(), s.id.clone());
             let upid = st.spawn_task(
                 shared,
@@ -206,34 +289,68 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
             }
             let filename = normalize_filename(ctx.req("filename"));
             let url = ctx.req("url").to_owned();
-            let vol = Volume {
-                volid: volid_for(&s.id, &content, &filename),
-                content,
-                format: format_of(&filename),
-                size: 512 << 20,
-                ctime: unix_now(),
-            };
+            let checksum = ctx.str("checksum-algorithm").map(|a| {
+                (
+                    a.to_owned(),
+                    ctx.str("checksum").unwrap_or_default().to_ascii_lowercase(),
+                )
+            });
+            let compression = ctx.str("compression").map(str::to_owned);
+            let target = volid_for(&s.id, &content, &filename);
+            if st
+                .volumes
+                .get(&(node.clone(), s.id.clone()))
+                .is_some_and(|l| l.iter().any(|v| v.volid == target))
+            {
+                return Err(ApiError::internal(format!(
+                    "refusing to override existing file '{}'",
+                    dir_path(&s, &content, &filename)
+                )));
+            }
+            let upid = st.begin_task(&node, &ctx.user, "download", "");
             let key = (node.clone(), s.id.clone());
-            // The simulator has no network: the "download" produces a file of a plausible size.
-            let upid = st.spawn_task(
-                shared,
-                &node,
-                &ctx.user,
-                TaskKind::Download,
-                "download",
-                "",
-                None,
-                Box::new(move |st| {
+            let modelled = shared.cfg.latency.duration(TaskKind::Download);
+            let shared2 = shared.clone();
+            let upid2 = upid.clone();
+            tokio::spawn(async move {
+                let target = volid_for(&s.id, &content, &filename);
+                let fetched = fetch(&url).await;
+                // The modelled transfer time of a real mirror, on top of the loopback fetch.
+                tokio::time::sleep(modelled).await;
+                let outcome = fetched.and_then(|sniffed| {
+                    if compression.is_some() {
+                        return Err("the simulator does not decompress downloads".to_owned());
+                    }
+                    let mut lines = vec![
+                        format!("downloading {url} to {target}"),
+                        format!("{} bytes downloaded", sniffed.size),
+                    ];
+                    if let Some((algo, want)) = &checksum {
+                        lines.push("calculating checksum...".into());
+                        let got = sniffed
+                            .digests
+                            .get(algo.as_str())
+                            .cloned()
+                            .unwrap_or_default();
+                        if &got != want {
+                            return Err(format!(
+                                "checksum mismatch: got '{got}' != expect '{want}'"
+                            ));
+                        }
+                        lines.push("checksum verified".into());
+                    }
+                    lines.push("download of URL finished".into());
+                    Ok((lines, volume_from(&s.id, &content, &filename, &sniffed)))
+                });
+                let mut st = shared2.lock();
+                let outcome = outcome.map(|(lines, vol)| {
                     let list = st.volumes.entry(key).or_default();
                     list.retain(|v| v.volid != vol.volid);
-                    let lines = vec![
-                        format!("downloading {url} to {}", vol.volid),
-                        "download of URL finished".into(),
-                    ];
                     list.push(vol);
-                    Ok(lines)
-                }),
-            );
+                    lines
+                });
+                st.finish_task(&upid2, outcome);
+            });
             Ok(Value::String(upid))
         }
         (m, r) => Err(ApiError::new(

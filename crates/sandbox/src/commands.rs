@@ -1,0 +1,424 @@
+//! The CLI's commands other than `demo` and `doctor`.
+//!
+//! `exec`, `cp`, `ls`, `down` and `cleanup` work from Proxmox state alone (tags and VM names),
+//! so they work from any shell, after `up` exited, and after a crash.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use guest_agent::{ExecRequest, GuestAgent};
+use pvesandbox::owner::parse_vm_name;
+use pvesandbox::{CleanupReport, CleanupTarget, Error, EvalConfig, RunId, Sandboxes, Settings};
+
+/// What every command gets from the global flags.
+pub struct Ctx {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Loads the settings (defaults < file < environment).
+    pub fn settings(&self) -> Result<Settings, Error> {
+        Settings::load(self.config.as_deref())
+    }
+    /// Settings that name at least one Proxmox, or a clear error saying how to name one.
+    pub fn proxmox_settings(&self) -> Result<Settings, Error> {
+        let s = self.settings()?;
+        if s.has_proxmox() {
+            Ok(s)
+        } else {
+            Err(Error::Config {
+                field: "instances".into(),
+                value: String::new(),
+                fix: "no Proxmox configured: set PROXMOX_HOST (and PROXMOX_PASSWORD or PROXMOX_TOKEN_ID/SECRET), PROXMOX_CONFIG_FILE, or [[instances]] in pvesandbox.toml; `pvesandbox sim` serves a simulator and prints the variables".into(),
+            })
+        }
+    }
+}
+
+/// `up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Eval config (the peer's `ProxmoxSandboxEnvironmentConfig` as JSON, YAML or TOML);
+    /// default: one ubuntu24.04 VM on an auto network.
+    #[arg(long, value_name = "PATH")]
+    pub eval: Option<PathBuf>,
+}
+
+/// `exec`.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// The run (as printed by `up` / `ls`).
+    #[arg(long)]
+    pub run: RunId,
+    /// The sandbox.
+    #[arg(long, default_value = "default")]
+    pub vm: String,
+    /// Run as this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Working directory.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Environment variables, `KEY=VALUE`.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Timeout in seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Pass this process's stdin to the command.
+    #[arg(long)]
+    pub stdin: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+/// `cp`.
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    /// Source: a local path or `RUN:VM:/path`.
+    pub from: String,
+    /// Destination: a local path or `RUN:VM:/path`.
+    pub to: String,
+}
+
+/// `down`.
+#[derive(Args, Debug)]
+pub struct DownArgs {
+    /// The run to remove.
+    pub run: RunId,
+}
+
+/// `cleanup`.
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// Remove everything of this run.
+    #[arg(long, conflicts_with = "expired")]
+    pub run: Option<RunId>,
+    /// Remove everything whose expiry passed and whose owner is not running.
+    #[arg(long)]
+    pub expired: bool,
+}
+
+/// `sim`.
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// Port on 127.0.0.1 (0 picks one).
+    #[arg(long, default_value_t = 8006)]
+    pub port: u16,
+    /// Realistic task durations scaled by this factor; instant when absent.
+    #[arg(long, value_name = "FACTOR")]
+    pub realistic: Option<f64>,
+    /// Guests that run commands (Linux namespaces); without it, guests answer pings only.
+    #[arg(long)]
+    pub process_guests: bool,
+}
+
+/// Reads an eval config file by extension (JSON, YAML, TOML).
+pub fn load_eval(path: Option<&std::path::Path>) -> Result<EvalConfig, Error> {
+    match path {
+        None => Ok(EvalConfig::default()),
+        Some(p) => EvalConfig::from_file(p),
+    }
+}
+
+/// `up`: one sample, kept.
+pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
+    let settings = ctx.proxmox_settings()?;
+    let eval = load_eval(a.eval.as_deref())?;
+    let task = Sandboxes::task_init(settings, eval, Default::default()).await?;
+    let sample = task.sample_init().await?;
+    let vms: Vec<_> = sample
+        .sandboxes()
+        .iter()
+        .map(|v| serde_json::json!({"name": v.name(), "vmid": v.vmid(), "node": v.node(), "instance": v.instance()}))
+        .collect();
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::json!({"run": task.run_id().as_str(), "sandboxes": vms})
+        );
+    } else {
+        println!("run {}", task.run_id());
+        for v in sample.sandboxes() {
+            println!(
+                "  {:<12} vm {} on {}/{}",
+                v.name(),
+                v.vmid(),
+                v.instance(),
+                v.node()
+            );
+        }
+        println!(
+            "exec: pvesandbox exec --run {} -- uname -a\nremove: pvesandbox down {}",
+            task.run_id(),
+            task.run_id()
+        );
+    }
+    // Kept on purpose: `down` or `cleanup --expired` removes it.
+    sample.detach();
+    Ok(0)
+}
+
+/// A sandbox of a run, found from PVE state.
+async fn find(settings: &Settings, run: &RunId, name: &str) -> Result<GuestAgent, Error> {
+    let mut known = Vec::new();
+    for i in &settings.instances {
+        let client = i.client().map_err(Error::from_pool)?;
+        for vm in pvesandbox::owned_vms(&client).await? {
+            if vm.tagged.run.as_ref() != Some(run) {
+                continue;
+            }
+            if let Some((n, _, _)) = parse_vm_name(&vm.name) {
+                if n == name {
+                    return Ok(GuestAgent::new(client.clone(), &vm.node, vm.vmid));
+                }
+                known.push(n);
+            }
+        }
+    }
+    if known.is_empty() {
+        Err(Error::NoSuchRun {
+            run: run.to_string(),
+        })
+    } else {
+        Err(Error::NoSuchSandbox {
+            name: name.into(),
+            known,
+        })
+    }
+}
+
+/// `exec`.
+pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, Error> {
+    let settings = ctx.proxmox_settings()?;
+    let agent = find(&settings, &a.run, &a.vm).await?;
+    let mut req = ExecRequest::new(a.argv);
+    if let Some(u) = a.user {
+        req = req.user(u);
+    }
+    if let Some(c) = a.cwd {
+        req = req.cwd(c);
+    }
+    if let Some(t) = a.timeout {
+        req = req.timeout(Duration::from_secs(t));
+    }
+    for kv in a.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(Error::Config {
+                field: "--env".into(),
+                value: kv,
+                fix: "write KEY=VALUE".into(),
+            });
+        };
+        req = req.env(k, v);
+    }
+    if a.stdin {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::Config {
+                field: "--stdin".into(),
+                value: String::new(),
+                fix: format!("reading stdin failed: {e}"),
+            })?;
+        req = req.stdin(buf);
+    }
+    let out = agent.exec(&req).await?;
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "status": out.status,
+                "stdout": String::from_utf8_lossy(&out.stdout),
+                "stderr": String::from_utf8_lossy(&out.stderr),
+                "stdout_truncated": out.stdout_truncated,
+                "stderr_truncated": out.stderr_truncated,
+            })
+        );
+    } else {
+        let _ = std::io::stdout().write_all(&out.stdout);
+        let _ = std::io::stderr().write_all(&out.stderr);
+    }
+    Ok(out.status)
+}
+
+/// `RUN:VM:/path`, or `None` for a local path.
+fn remote(spec: &str) -> Option<(RunId, String, String)> {
+    let (run, rest) = spec.split_once(':')?;
+    let (vm, path) = rest.split_once(':')?;
+    Some((run.parse().ok()?, vm.to_owned(), path.to_owned()))
+}
+
+/// `cp`.
+pub async fn cp(ctx: &Ctx, a: CpArgs) -> Result<i32, Error> {
+    let settings = ctx.proxmox_settings()?;
+    let io_err = |what: &str, path: &str, e: std::io::Error| Error::Config {
+        field: what.into(),
+        value: path.into(),
+        fix: e.to_string(),
+    };
+    let bytes = match (remote(&a.from), remote(&a.to)) {
+        (None, Some((run, vm, path))) => {
+            let data = std::fs::read(&a.from).map_err(|e| io_err("from", &a.from, e))?;
+            find(&settings, &run, &vm)
+                .await?
+                .write_file(&path, &data)
+                .await?;
+            data.len()
+        }
+        (Some((run, vm, path)), None) => {
+            let data = find(&settings, &run, &vm)
+                .await?
+                .read_file(&path, None)
+                .await?;
+            std::fs::write(&a.to, &data).map_err(|e| io_err("to", &a.to, e))?;
+            data.len()
+        }
+        _ => {
+            return Err(Error::Config {
+                field: "cp".into(),
+                value: format!("{} {}", a.from, a.to),
+                fix: "exactly one side must be RUN:VM:/path, the other a local path".into(),
+            });
+        }
+    };
+    if ctx.json {
+        println!("{}", serde_json::json!({"bytes": bytes}));
+    } else {
+        println!("{bytes} bytes");
+    }
+    Ok(0)
+}
+
+/// `ls`.
+pub async fn ls(ctx: &Ctx) -> Result<i32, Error> {
+    let settings = ctx.proxmox_settings()?;
+    let mut rows = Vec::new();
+    for i in &settings.instances {
+        let client = i.client().map_err(Error::from_pool)?;
+        for vm in pvesandbox::owned_vms(&client).await? {
+            let (name, sample) = parse_vm_name(&vm.name)
+                .map(|(n, s, _)| (n, s.to_string()))
+                .unwrap_or_else(|| (vm.name.clone(), "?".into()));
+            rows.push(serde_json::json!({
+                "run": vm.tagged.run.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+                "sample": sample,
+                "name": name,
+                "instance": i.instance_id,
+                "node": vm.node,
+                "vmid": vm.vmid,
+                "status": vm.status,
+                "expires": vm.tagged.expires,
+            }));
+        }
+    }
+    if ctx.json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(0);
+    }
+    println!(
+        "{:<11} {:>6} {:<12} {:<10} {:<8} {:>8} {:<8} EXPIRES IN",
+        "RUN", "SAMPLE", "NAME", "INSTANCE", "NODE", "VMID", "STATUS"
+    );
+    let now = pvesandbox::owner::unix_now();
+    for r in rows {
+        let exp = r["expires"]
+            .as_u64()
+            .map(|e| {
+                if e <= now {
+                    "expired".to_owned()
+                } else {
+                    format!("{} min", (e - now) / 60)
+                }
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<11} {:>6} {:<12} {:<10} {:<8} {:>8} {:<8} {exp}",
+            r["run"].as_str().unwrap_or(""),
+            r["sample"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or(""),
+            r["instance"].as_str().unwrap_or(""),
+            r["node"].as_str().unwrap_or(""),
+            r["vmid"],
+            r["status"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+fn print_report(ctx: &Ctx, r: &CleanupReport) {
+    if ctx.json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "removed {} VM(s), {} network(s); kept {}; failed {}",
+        r.vms.len(),
+        r.zones.len(),
+        r.kept.len(),
+        r.failed.len()
+    );
+    for v in r.vms.iter().chain(&r.zones) {
+        println!("  removed {v}");
+    }
+    for k in &r.kept {
+        println!("  kept    {k}");
+    }
+    for f in &r.failed {
+        println!("  FAILED  {f}");
+    }
+}
+
+/// `down`.
+pub async fn down(ctx: &Ctx, a: DownArgs) -> Result<i32, Error> {
+    cleanup(
+        ctx,
+        CleanupArgs {
+            run: Some(a.run),
+            expired: false,
+        },
+    )
+    .await
+}
+
+/// `cleanup`.
+pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<i32, Error> {
+    let target = match (a.run, a.expired) {
+        (Some(r), _) => CleanupTarget::Run(r),
+        (None, true) => CleanupTarget::Expired,
+        (None, false) => {
+            return Err(Error::Config {
+                field: "cleanup".into(),
+                value: String::new(),
+                fix: "say what to remove: --run ID or --expired".into(),
+            });
+        }
+    };
+    let settings = ctx.proxmox_settings()?;
+    let report = pvesandbox::cleanup(&settings.instances, &target).await?;
+    print_report(ctx, &report);
+    report.into_result().map(|_| 0)
+}
+
+/// `sim`: serves until Ctrl-C, printing the variables that point pvesandbox at it.
+pub async fn sim(a: SimArgs) -> Result<i32, Error> {
+    let sim = pvesandbox::embedded::start_sim(pvesandbox::embedded::SimOptions {
+        port: a.port,
+        realistic: a.realistic,
+        process_guests: a.process_guests,
+        qemu_guests: false,
+    })
+    .await?;
+    println!("pve-sim listening on {}", sim.url());
+    for (k, v) in sim.env() {
+        println!("export {k}={v}");
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(0)
+}

@@ -1,0 +1,265 @@
+//! Pre-flight checks of a Proxmox instance (`pvesandbox doctor`).
+//!
+//! Each check reads; none changes anything. A failed check says what to do.
+
+use pve_client::{Params, PveClient};
+use pvesandbox_pool::InstanceConfig;
+use serde::Serialize;
+
+/// Privileges the API user or token needs on `/`, and why.
+pub const REQUIRED_PRIVILEGES: &[(&str, &str)] = &[
+    (
+        "VM.Allocate",
+        "create and destroy sandbox VMs and templates",
+    ),
+    ("VM.Clone", "clone templates"),
+    ("VM.Config.Disk", "import and resize disks"),
+    ("VM.Config.CDROM", "attach the cloud-init seed"),
+    ("VM.Config.CPU", "set vCPUs and CPU model"),
+    ("VM.Config.Memory", "set RAM"),
+    ("VM.Config.Network", "attach NICs to sample vnets"),
+    ("VM.Config.Options", "tags, description, agent, OS type"),
+    ("VM.Config.HWType", "UEFI, controllers"),
+    ("VM.Config.Cloudinit", "cloud-init settings"),
+    ("VM.PowerMgmt", "start and stop VMs"),
+    ("VM.Audit", "read VM state"),
+    (
+        "VM.GuestAgent.Unrestricted",
+        "exec and files through the guest agent (PVE 9.2+)",
+    ),
+    ("Datastore.AllocateSpace", "disks of clones and templates"),
+    (
+        "Datastore.AllocateTemplate",
+        "download and upload images and seed ISOs",
+    ),
+    ("Datastore.Audit", "list storage content"),
+    (
+        "SDN.Allocate",
+        "create and remove sample zones, vnets and subnets",
+    ),
+    ("SDN.Use", "attach NICs to sample vnets"),
+    ("SDN.Audit", "list existing subnets"),
+    ("Sys.Audit", "read node status and cluster resources"),
+    (
+        "Sys.Modify",
+        "apply SDN changes (PUT /cluster/sdn) and firewall groups",
+    ),
+];
+
+/// How a check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Fine.
+    Pass,
+    /// Works, with a caveat.
+    Warn,
+    /// pvesandbox will fail here.
+    Fail,
+}
+
+/// One check's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// Instance id.
+    pub instance: String,
+    /// What was checked.
+    pub name: &'static str,
+    /// Outcome.
+    pub status: Status,
+    /// Details and, for failures, the fix.
+    pub detail: String,
+}
+
+/// Runs every check against one instance.
+pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut push = |name, status, detail: String| {
+        out.push(Check {
+            instance: cfg.instance_id.clone(),
+            name,
+            status,
+            detail,
+        })
+    };
+    let client = match cfg.client() {
+        Ok(c) => c,
+        Err(e) => {
+            push("config", Status::Fail, e.to_string());
+            return out;
+        }
+    };
+    let version = match client.version().await {
+        Ok(v) => v,
+        Err(e) => {
+            push(
+                "connect",
+                Status::Fail,
+                format!("{e}; check host, port, TLS and credentials"),
+            );
+            return out;
+        }
+    };
+    push(
+        "connect",
+        Status::Pass,
+        format!("{} as {}", client.api_url(), client.principal()),
+    );
+    let major: u32 = version
+        .version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    push(
+        "version",
+        match major {
+            9.. => Status::Pass,
+            8 => Status::Warn,
+            _ => Status::Fail,
+        },
+        match major {
+            9.. => format!("Proxmox VE {}", version.version),
+            8 => format!(
+                "Proxmox VE {}: works, but file reads page through exec (9.2 reads by offset) and `import` content needs 8.2+",
+                version.version
+            ),
+            _ => format!(
+                "Proxmox VE {}: pvesandbox needs 8.2 or later",
+                version.version
+            ),
+        },
+    );
+    privileges(&client, &mut push).await;
+    storages(&client, cfg, &mut push).await;
+    match client.get("/cluster/sdn/zones", &Params::new()).await {
+        Ok(_) => push(
+            "sdn",
+            Status::Pass,
+            "SDN available; sample zones use IPAM `pve` and DHCP `dnsmasq`: install dnsmasq on every node and `systemctl disable --now dnsmasq` (cannot be checked through the API)".into(),
+        ),
+        Err(e) => push("sdn", Status::Fail, format!("{e}: install libpve-network-perl (PVE 8+ ships it)")),
+    }
+    match client.get("/cluster/firewall/options", &Params::new()).await {
+        Ok(v) if v.get("enable").and_then(serde_json::Value::as_u64) == Some(1) => push(
+            "firewall",
+            Status::Pass,
+            "datacenter firewall enabled: sample isolation rules take effect".into(),
+        ),
+        Ok(_) => push(
+            "firewall",
+            Status::Fail,
+            "datacenter firewall is off, so samples are NOT isolated from each other or the host: enable it (Datacenter > Firewall > Options > Firewall: Yes) after allowing your own access to 8006/22".into(),
+        ),
+        Err(e) => push("firewall", Status::Warn, format!("cannot read firewall options: {e}")),
+    }
+    out
+}
+
+async fn privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Status, String)) {
+    match client
+        .get("/access/permissions", &Params::new().with("path", "/"))
+        .await
+    {
+        Ok(v) => {
+            let have = v.get("/").cloned().unwrap_or_default();
+            let missing: Vec<&str> = REQUIRED_PRIVILEGES
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| have.get(p).is_none())
+                .collect();
+            if missing.is_empty() {
+                push(
+                    "privileges",
+                    Status::Pass,
+                    format!("all {} privileges on /", REQUIRED_PRIVILEGES.len()),
+                );
+            } else {
+                let why: Vec<String> = REQUIRED_PRIVILEGES
+                    .iter()
+                    .filter(|(p, _)| missing.contains(p))
+                    .map(|(p, w)| format!("{p} ({w})"))
+                    .collect();
+                push(
+                    "privileges",
+                    Status::Fail,
+                    format!(
+                        "missing on /: {}; grant them with a role, e.g. `pveum role add PVESandbox -privs \"{}\"` and `pveum acl modify / -token <id> -role PVESandbox`",
+                        why.join(", "),
+                        REQUIRED_PRIVILEGES
+                            .iter()
+                            .map(|(p, _)| *p)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                );
+            }
+        }
+        Err(e) => push(
+            "privileges",
+            Status::Fail,
+            format!("cannot read permissions: {e}"),
+        ),
+    }
+}
+
+async fn storages(
+    client: &PveClient,
+    cfg: &InstanceConfig,
+    push: &mut impl FnMut(&'static str, Status, String),
+) {
+    let list = match client.node(&cfg.node).storages(None).await {
+        Ok(l) => l,
+        Err(e) => {
+            push(
+                "storage",
+                Status::Fail,
+                format!("node {:?}: {e}; check `node`", cfg.node),
+            );
+            return;
+        }
+    };
+    let has = |id: &str, content: &str| {
+        list.iter()
+            .any(|s| s.storage == id && s.content.split(',').any(|c| c == content))
+    };
+    if has(&cfg.image_storage, "images") {
+        push(
+            "storage",
+            Status::Pass,
+            format!("{} holds VM disks", cfg.image_storage),
+        );
+    } else {
+        push(
+            "storage",
+            Status::Fail,
+            format!(
+                "image_storage {:?} does not exist on {} or does not allow `images`; pick one of: {}",
+                cfg.image_storage,
+                cfg.node,
+                list.iter()
+                    .map(|s| s.storage.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+    }
+    let import: Vec<&str> = list
+        .iter()
+        .filter(|s| s.content.split(',').any(|c| c == "import"))
+        .map(|s| s.storage.as_str())
+        .collect();
+    if import.is_empty() {
+        push(
+            "import",
+            Status::Fail,
+            "no storage allows `import` content (built-in images and OVAs are imported from it): `pvesm set local --content iso,vztmpl,backup,import`".into(),
+        );
+    } else {
+        push(
+            "import",
+            Status::Pass,
+            format!("import content on {}", import.join(", ")),
+        );
+    }
+}
