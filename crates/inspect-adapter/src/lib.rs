@@ -37,10 +37,27 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Settings from the usual sources (config file, `PROXMOX_*`, `PVESANDBOX_*`), plus the
 /// embedded simulator's instance in pool `pool` when that mode is on.
 async fn settings(pool: &str) -> PyResult<Settings> {
-    let s = Settings::load(None).map_err(errors::lifecycle)?;
+    let s = load_settings()?;
     embedded::point_at_sim(s, pool)
         .await
         .map_err(|m| plain("config", m))
+}
+
+/// Variables that share the `PVESANDBOX_` prefix but are not settings (the settings loader
+/// reads every other `PVESANDBOX_*` variable as a field and refuses unknown ones).
+const NOT_SETTINGS: [&str; 4] = [
+    embedded::VAR,
+    embedded::SAMPLES_VAR,
+    "PVESANDBOX_GUEST",
+    "PVESANDBOX_GUEST_IMAGE",
+];
+
+/// Settings from the process environment and the files it names.
+fn load_settings() -> PyResult<Settings> {
+    let env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .collect();
+    Settings::load_from(None, &env).map_err(errors::lifecycle)
 }
 
 /// Parses a run id as `inspect sandbox cleanup pve <id>` or `pvesandbox` print it.
@@ -93,7 +110,7 @@ fn task_init(
 #[pyfunction]
 fn configured_capacity() -> PyResult<Option<usize>> {
     let mut total = 0usize;
-    let settings = Settings::load(None).map_err(errors::lifecycle)?;
+    let settings = load_settings()?;
     for i in &settings.instances {
         total += i.max_samples.unwrap_or(1) as usize;
     }
