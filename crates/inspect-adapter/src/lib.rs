@@ -378,7 +378,9 @@ impl Sandbox {
     }
 
     /// Runs `argv`; resolves to `(status, stdout, stderr, stdout_truncated,
-    /// stderr_truncated)`, each stream cut to its last `output_limit` bytes.
+    /// stderr_truncated, rust_us)`, each stream cut to its last `output_limit` bytes;
+    /// `rust_us` is the call's wall time inside Rust, so the caller can tell its own overhead
+    /// (and Inspect's polling interval) from the guest's.
     #[pyo3(signature = (argv, stdin=None, env=Vec::new(), cwd=None, user=None, timeout=None, output_limit=None))]
     #[allow(clippy::too_many_arguments)]
     fn exec<'py>(
@@ -395,6 +397,7 @@ impl Sandbox {
         let req = self.request(argv, stdin, env, cwd, user, timeout, output_limit)?;
         let agent = self.agent.clone();
         future_into_py(py, async move {
+            let t = Instant::now();
             let out = agent.exec(&req).await.map_err(errors::agent)?;
             Ok((
                 out.status,
@@ -402,6 +405,7 @@ impl Sandbox {
                 out.stderr,
                 out.stdout_truncated,
                 out.stderr_truncated,
+                t.elapsed().as_secs_f64() * 1e6,
             ))
         })
     }
@@ -434,28 +438,6 @@ impl Sandbox {
                 .write_file(&path, &contents)
                 .await
                 .map_err(errors::agent)
-        })
-    }
-
-    /// Benchmark hook: runs `argv` `n` times back to back from Rust and resolves to each
-    /// call's wall time in µs — the baseline the adapter's own per-exec overhead is measured
-    /// against (`tests/test_overhead.py`).
-    fn time_exec<'py>(
-        &self,
-        py: Python<'py>,
-        argv: Vec<String>,
-        n: usize,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let req = self.request(argv, None, Vec::new(), None, None, None, None)?;
-        let agent = self.agent.clone();
-        future_into_py(py, async move {
-            let mut times = Vec::with_capacity(n);
-            for _ in 0..n {
-                let t = Instant::now();
-                agent.exec(&req).await.map_err(errors::agent)?;
-                times.push(t.elapsed().as_secs_f64() * 1e6);
-            }
-            Ok(times)
         })
     }
 

@@ -184,25 +184,27 @@ async def test_interrupted_sample_is_swept_by_task_cleanup(
 
 
 async def test_per_exec_overhead_of_the_adapter() -> None:
+    """What the Python layer and the asyncio/tokio bridge add to each exec, paired per call:
+    wall time of ``await env.exec(...)`` minus the same call's time inside Rust."""
     cfg = vm("bench")
     envs = await PveSandboxEnvironment.sample_init("t", cfg, {"__sample_id__": "1"})
     env = envs["default"]
-    argv = ["true"]
-    rust: list[float] = []
-    python: list[float] = []
-    await env.exec(argv)
-    for _ in range(10):  # interleaved blocks, so drift hits both sides alike
-        rust += await env.native.time_exec(argv, 20)
-        for _ in range(20):
-            t = time.perf_counter()
-            await env.exec(argv)
-            python.append((time.perf_counter() - t) * 1e6)
+    assert isinstance(env, PveSandboxEnvironment)
+    await env.exec(["true"])
+    total: list[float] = []
+    overhead: list[float] = []
+    for _ in range(300):
+        t = time.perf_counter()
+        await env.exec(["true"])
+        wall = (time.perf_counter() - t) * 1e6
+        total.append(wall)
+        overhead.append(wall - env.last_exec_rust_us)
     await PveSandboxEnvironment.sample_cleanup("t", cfg, envs, False)
     await PveSandboxEnvironment.task_cleanup("shutdown", cfg, True)
-    p50_rust, p50_py = statistics.median(rust), statistics.median(python)
-    overhead = p50_py - p50_rust
+    p50 = statistics.median(overhead)
+    p90 = statistics.quantiles(overhead, n=10)[-1]
     print(
-        f"\nexec p50: Rust {p50_rust:.0f} µs, through the adapter {p50_py:.0f} µs: "
-        f"adapter overhead p50 {overhead:.0f} µs (n={len(python)})"
+        f"\nexec through the adapter: p50 {statistics.median(total):.0f} µs; adapter overhead "
+        f"over the Rust call: p50 {p50:.0f} µs, p90 {p90:.0f} µs (n={len(overhead)})"
     )
-    assert overhead < 2000, "the Python layer should add well under 2 ms per exec"
+    assert 0 < p50 < 1000, "the Python layer should add well under 1 ms per exec"

@@ -35,7 +35,7 @@ def run_inspect(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_offline_eval_runs_bash_in_the_pve_sandbox(tmp_path: Path) -> None:
     r = run_inspect(
-        "eval", str(TASK), "--display", "plain", "--log-dir", str(tmp_path), cwd=tmp_path
+        "eval", TASK.name, "--display", "plain", "--log-dir", str(tmp_path), cwd=TASK.parent
     )
     assert r.returncode == 0, r.stdout + r.stderr
     [log_file] = list(tmp_path.glob("*.eval"))
@@ -56,9 +56,9 @@ def test_offline_eval_runs_bash_in_the_pve_sandbox(tmp_path: Path) -> None:
 
 def test_no_sandbox_cleanup_prints_the_cleanup_command(tmp_path: Path) -> None:
     r = run_inspect(
-        "eval", str(TASK), "--display", "plain", "--log-dir", str(tmp_path),
+        "eval", TASK.name, "--display", "plain", "--log-dir", str(tmp_path),
         "--limit", "1", "--no-sandbox-cleanup",
-        cwd=tmp_path,
+        cwd=TASK.parent,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "inspect sandbox cleanup pve " in r.stdout + r.stderr, r.stdout + r.stderr
