@@ -90,6 +90,10 @@ pub fn test(sh: &Shell, rest: &[String]) -> Result<()> {
     )
     .run()?;
 
+    // The CLI the connection() command names, to run that command in a test.
+    cmd!(sh, "cargo build --quiet -p pvesandbox --bin pvesandbox").run()?;
+    let cli = target.join("debug/pvesandbox");
+
     let _dir = sh.push_dir(root().join("crates/inspect-adapter"));
     let pytest = |what: &str, guests: &str, args: &[&str]| -> Result<()> {
         let t = Instant::now();
@@ -98,6 +102,7 @@ pub fn test(sh: &Shell, rest: &[String]) -> Result<()> {
             "{python} -m pytest -p no:cacheprovider -rfEs {args...} {rest...}"
         )
         .env("PVESANDBOX_EMBEDDED_SIM", guests)
+        .env("PVE_INSPECT_TEST_CLI", &cli)
         .run()?;
         eprintln!(
             "xtask: inspect adapter: {what} ({guests} guests): {:.1} s wall",

@@ -78,6 +78,16 @@ pub(crate) async fn point_at_sim(settings: Settings, pool: &str) -> Result<Setti
     Ok(settings)
 }
 
+/// The `PROXMOX_*` variables that point the `pvesandbox` CLI (or the peer) at the running
+/// simulator; empty when it is not running.
+pub(crate) async fn env() -> Vec<(String, String)> {
+    SIM.lock()
+        .await
+        .as_ref()
+        .map(|s| s.embedded().env())
+        .unwrap_or_default()
+}
+
 /// Stops the simulator and its guests (idempotent).
 pub(crate) fn shutdown() {
     // Called from Python at exit, outside any runtime; `try_lock` keeps an exit during a

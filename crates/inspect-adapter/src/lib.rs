@@ -140,6 +140,13 @@ fn cleanup(py: Python<'_>, run: Option<String>) -> PyResult<Bound<'_, PyAny>> {
     })
 }
 
+/// The `PROXMOX_*` variables pointing at the running embedded simulator (so a `pvesandbox`
+/// CLI in another process reaches the same VMs); empty when none runs.
+#[pyfunction]
+fn embedded_env(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    future_into_py(py, async move { Ok(embedded::env().await) })
+}
+
 /// Stops the embedded simulator and powers its guests off (the Python half calls it at exit).
 #[pyfunction]
 fn shutdown_embedded() {
@@ -461,6 +468,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(configured_capacity, m)?)?;
     m.add_function(wrap_pyfunction!(cleanup, m)?)?;
     m.add_function(wrap_pyfunction!(shutdown_embedded, m)?)?;
+    m.add_function(wrap_pyfunction!(embedded_env, m)?)?;
     m.add_class::<Task>()?;
     m.add_class::<SampleHandle>()?;
     m.add_class::<Sandbox>()?;

@@ -3,7 +3,10 @@ connection, the task/sample lifecycle, cleanup with and without an id, and the p
 overhead the Python layer adds to the Rust call."""
 
 import json
+import os
+import shlex
 import statistics
+import subprocess
 import time
 
 import pytest
@@ -17,6 +20,7 @@ from pvesandbox_inspect import (
     VmConfig,
     VmSourceConfig,
 )
+from pvesandbox_inspect import _native
 from pvesandbox_inspect._errors import PveSandboxError
 from pvesandbox_inspect._sandbox import PveSandboxEnvironment
 
@@ -131,11 +135,12 @@ async def test_lifecycle_connection_and_cleanup_by_id(capsys: pytest.CaptureFixt
     assert list(envs) == ["default", "aux"]
     default = envs["default"]
     run = default.native.run_id
+    seq = default.native.seq
     conn = await default.connection()
     assert conn.type == "pve"
-    assert conn.command == f"pvesandbox exec --run {run} --vm default -- bash -l"
+    assert conn.command == f"pvesandbox exec --run {run} --vm default.s{seq} --stdin -- bash -l"
     assert (await envs["aux"].connection(user="bob")).command.endswith(
-        "--vm aux --user bob -- bash -l"
+        f"--vm aux.s{seq} --user bob --stdin -- bash -l"
     )
     assert (await envs["aux"].exec(["hostname"])).success
 
@@ -154,6 +159,32 @@ async def test_lifecycle_connection_and_cleanup_by_id(capsys: pytest.CaptureFixt
     # The sample's own cleanup afterwards is idempotent and does not raise.
     await PveSandboxEnvironment.sample_cleanup("t", cfg, envs, False)
     await PveSandboxEnvironment.sample_cleanup("t", cfg, envs, False)
+    await PveSandboxEnvironment.task_cleanup("shutdown", cfg, True)
+
+
+async def test_the_connection_command_reaches_this_samples_vm() -> None:
+    """The command the running-samples panel shows, pasted into a shell, with the `pvesandbox`
+    CLI (``PVE_INSPECT_TEST_CLI``, set by ``cargo xtask test-inspect``) pointed at the simulator."""
+    cli = os.environ.get("PVE_INSPECT_TEST_CLI")
+    if not cli:
+        assert not os.environ.get("CI"), "CI must set PVE_INSPECT_TEST_CLI"
+        pytest.skip("PVE_INSPECT_TEST_CLI not set")
+    cfg = vm("conn")
+    # Two samples of one run: the command must reach the right one.
+    first = await PveSandboxEnvironment.sample_init("t", cfg, {"__sample_id__": "1"})
+    second = await PveSandboxEnvironment.sample_init("t", cfg, {"__sample_id__": "2"})
+    for i, envs in enumerate((first, second)):
+        await envs["default"].write_file("/tmp/which", f"sample {i}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PVESANDBOX_")}
+    env.update(dict(await _native.embedded_env()))
+    argv = shlex.split((await second["default"].connection()).command)
+    r = subprocess.run(
+        [cli, *argv[1:]], input=b"cat /tmp/which; whoami\n", env=env, capture_output=True
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == b"sample 1\nroot\n"
+    for envs in (first, second):
+        await PveSandboxEnvironment.sample_cleanup("t", cfg, envs, False)
     await PveSandboxEnvironment.task_cleanup("shutdown", cfg, True)
 
 

@@ -55,7 +55,8 @@ pub struct ExecArgs {
     /// The run (as printed by `up` / `ls`).
     #[arg(long)]
     pub run: RunId,
-    /// The sandbox.
+    /// The sandbox: its name, or `<name>.s<sample>` for one sample's when the run has several
+    /// (what Inspect's running-samples panel shows).
     #[arg(long, default_value = "default")]
     pub vm: String,
     /// Run as this user.
@@ -174,8 +175,8 @@ async fn find(settings: &Settings, run: &RunId, name: &str) -> Result<GuestAgent
             if vm.tagged.run.as_ref() != Some(run) {
                 continue;
             }
-            if let Some((n, _, _)) = parse_vm_name(&vm.name) {
-                if n == name {
+            if let Some((n, sample, _)) = parse_vm_name(&vm.name) {
+                if n == name || format!("{n}.s{sample}") == name {
                     return Ok(GuestAgent::new(client.clone(), &vm.node, vm.vmid));
                 }
                 known.push(n);

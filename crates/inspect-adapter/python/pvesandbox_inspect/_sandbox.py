@@ -265,12 +265,15 @@ class PveSandboxEnvironment(SandboxEnvironment):
         return data.decode("utf-8") if text else data
 
     async def connection(self, *, user: str | None = None) -> SandboxConnection:
+        # `<name>.s<sample>` picks this sample's VM among the run's; --stdin feeds what the
+        # human types (the agent has no terminal to attach to).
         command = [
-            "pvesandbox", "exec", "--run", self._vm.run_id, "--vm", self._vm.name,
+            "pvesandbox", "exec", "--run", self._vm.run_id,
+            "--vm", f"{self._vm.name}.s{self._vm.seq}",
         ]  # fmt: skip
-        if user:
-            command += ["--user", user]
-        command += ["--", "bash", "-l"]
+        if user or self._vm.user:
+            command += ["--user", user or self._vm.user]
+        command += ["--stdin", "--", "bash", "-l"]
         return SandboxConnection(
             type=SANDBOX_TYPE,
             command=shlex.join(command),
