@@ -47,6 +47,9 @@ pub struct UpArgs {
     /// default: one ubuntu24.04 VM on an auto network.
     #[arg(long, value_name = "PATH")]
     pub eval: Option<PathBuf>,
+    /// Use this run id instead of a fresh one (scripts that must know it before `up` ends).
+    #[arg(long)]
+    pub run: Option<RunId>,
 }
 
 /// `exec`.
@@ -131,7 +134,15 @@ pub fn load_eval(path: Option<&std::path::Path>) -> Result<EvalConfig, Error> {
 pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
     let settings = ctx.proxmox_settings()?;
     let eval = load_eval(a.eval.as_deref())?;
-    let task = Sandboxes::task_init(settings, eval, Default::default()).await?;
+    let task = Sandboxes::task_init(
+        settings,
+        eval,
+        pvesandbox::TaskOptions {
+            run: a.run,
+            progress: None,
+        },
+    )
+    .await?;
     let sample = task.sample_init().await?;
     let vms: Vec<_> = sample
         .sandboxes()
