@@ -240,6 +240,28 @@ mod tidy {
             ["pve-client"],
             "templates is a library over pve-client alone"
         );
+        // The sandbox composes every library (and embeds the simulator for its demo); nothing
+        // of ours depends on it but the adapter.
+        let mut sandbox = our_deps(&read("sandbox"));
+        sandbox.sort();
+        assert_eq!(
+            sandbox,
+            [
+                "guest-agent",
+                "pve-client",
+                "pve-sdn",
+                "pve-sim",
+                "pvesandbox-pool",
+                "pvesandbox-templates"
+            ],
+            "pvesandbox sits on every library"
+        );
+        for lib in ["pve-client", "pve-sim", "pve-sdn", "guest-agent", "pool", "templates"] {
+            assert!(
+                !our_deps(&read(lib)).contains(&"pvesandbox".to_owned()),
+                "{lib} must not depend on the sandbox"
+            );
+        }
         assert_eq!(
             our_deps(
                 "[dependencies]\npve-client.workspace = true\n[dev-dependencies]\npve-sim.workspace = true\n"
