@@ -256,7 +256,14 @@ mod tidy {
             ],
             "pvesandbox sits on every library"
         );
-        for lib in ["pve-client", "pve-sim", "pve-sdn", "guest-agent", "pool", "templates"] {
+        for lib in [
+            "pve-client",
+            "pve-sim",
+            "pve-sdn",
+            "guest-agent",
+            "pool",
+            "templates",
+        ] {
             assert!(
                 !our_deps(&read(lib)).contains(&"pvesandbox".to_owned()),
                 "{lib} must not depend on the sandbox"
