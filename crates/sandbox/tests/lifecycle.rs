@@ -290,3 +290,64 @@ async fn a_warm_one_vm_sample_costs_few_rest_calls() {
         sim.sim().requests().counts()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_network_two_linked_clones_and_teardown_rest_calls() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let cfg = eval(
+        r#"{"vms_config": [
+            {"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1},
+            {"vm_source_config": {"built_in": "debian13"}, "name": "b", "ram_mb": 512, "vcpus": 1}
+        ]}"#,
+    );
+    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+        .await
+        .unwrap();
+    sim.sim().reset_requests();
+    let sample = task.sample_init().await.unwrap();
+    sample.cleanup(false).await.unwrap();
+    let log = sim.sim().requests();
+    let sdn = log
+        .entries()
+        .iter()
+        .filter(|e| e.route.starts_with("/cluster/sdn"))
+        .count();
+    let clone = log.count("POST", "/nodes/{node}/qemu/{vmid}/clone")
+        + log.count("PUT", "/nodes/{node}/qemu/{vmid}/config");
+    let firewall = log
+        .entries()
+        .iter()
+        .filter(|e| e.route.contains("/firewall/"))
+        .count();
+    let agent = log
+        .entries()
+        .iter()
+        .filter(|e| e.route.contains("/agent/"))
+        .count();
+    let tasks = log.count("GET", "/nodes/{node}/tasks/{upid}/status");
+    println!(
+        "warm network + 2 linked clones + teardown: {} REST calls: SDN {sdn} (incl. teardown), clone+config {clone}, firewall {firewall}, agent pings {agent}, task polls {tasks}, other {}\n{:#?}",
+        log.total(),
+        log.total() - sdn - clone - firewall - agent - tasks,
+        log.counts()
+    );
+    assert_eq!(
+        log.count("PUT", "/cluster/sdn"),
+        2,
+        "one apply to create, one to remove"
+    );
+    assert_eq!(
+        log.count("GET", "/cluster/sdn/ipams/{ipam}/status"),
+        1,
+        "one listing"
+    );
+    assert_eq!(
+        sdn,
+        1 + 3 + 1 + 3 + 1,
+        "listing, 3 creates, apply, 3 deletes, apply"
+    );
+    assert_eq!(clone, 4, "one clone and one config call per VM");
+}
