@@ -351,3 +351,42 @@ async fn warm_network_two_linked_clones_and_teardown_rest_calls() {
     );
     assert_eq!(clone, 4, "one clone and one config call per VM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn egress_is_off_unless_asked_for() {
+    if !guests_available() {
+        return;
+    }
+    for egress in [false, true] {
+        let (sim, mut settings) = world().await;
+        settings.run.egress = egress;
+        let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+            .await
+            .unwrap();
+        let sample = task.sample_init().await.unwrap();
+        let client = settings.instances[0].client().unwrap();
+        let vmid = sample.get("default").unwrap().vmid();
+        let rules = client
+            .get(
+                &format!("/nodes/pve1/qemu/{vmid}/firewall/rules"),
+                &pve_client::Params::new(),
+            )
+            .await
+            .unwrap();
+        let groups = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["type"] == "group")
+            .count();
+        assert_eq!(groups, usize::from(egress), "egress={egress}: {rules}");
+        let subnets = sim.sim().sdn().0.subnets;
+        assert!(
+            subnets.values().all(|s| s.get("snat").map(String::as_str)
+                == Some(if egress { "1" } else { "0" })
+                || (!egress && !s.contains_key("snat"))),
+            "egress={egress}: {subnets:?}"
+        );
+        sample.cleanup(false).await.unwrap();
+    }
+}
