@@ -373,11 +373,18 @@ impl World {
                 .get("/cluster/sdn/vnets", &Params::new().with("pending", true))
                 .await?;
             for v in vnets.as_array().into_iter().flatten() {
-                let zone = v.get("zone").and_then(|z| z.as_str()).unwrap_or_default();
+                // A vnet not yet applied carries its properties under `pending`.
+                let prop = |k: &str| {
+                    v.get(k)
+                        .or_else(|| v.get("pending").and_then(|p| p.get(k)))
+                        .and_then(|z| z.as_str())
+                        .map(str::to_owned)
+                };
+                let zone = prop("zone").unwrap_or_default();
                 if zone.len() == 8 && zone.starts_with('Z') && &zone[1..5] == run.key() {
                     s.vnets.push(VnetRow {
                         vnet: v["vnet"].as_str().unwrap_or_default().to_owned(),
-                        alias: v.get("alias").and_then(|a| a.as_str()).map(str::to_owned),
+                        alias: prop("alias"),
                     });
                 }
             }
