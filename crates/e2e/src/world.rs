@@ -64,11 +64,37 @@ impl Drop for World {
 /// fakepve as a child process; closing its stdin (drop) also ends it.
 struct FakePve {
     child: std::process::Child,
+    stdin: Mutex<Option<std::process::ChildStdin>>,
+    /// The launcher's stdout, line by line (a reader thread ends at EOF).
+    lines: Mutex<std::sync::mpsc::Receiver<String>>,
+}
+
+impl FakePve {
+    /// Sends a launcher command and returns its reply line.
+    fn command(&self, command: &str, reply: &str) -> Result<String> {
+        use std::io::Write;
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        let w = stdin.as_mut().context("fakepve's stdin is closed")?;
+        writeln!(w, "{command}")?;
+        w.flush()?;
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(10))
+                .map_err(|_| anyhow!("fakepve did not answer {command:?}"))?;
+            if line.starts_with(reply) {
+                return Ok(line);
+            }
+            if line.starts_with("ERROR ") {
+                bail!("fakepve: {line}");
+            }
+        }
+    }
 }
 
 impl Drop for FakePve {
     fn drop(&mut self) {
-        drop(self.child.stdin.take());
+        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -246,6 +272,20 @@ impl World {
             .context("tagging fakepve's template")?;
         }
         Ok(w)
+    }
+
+    /// fakepve only: whether VMs created from now on get a guest agent (`false` holds a
+    /// `pvesandbox up` child in its agent wait, a point it can be stopped at).
+    pub fn hold_agents(&self, hold: bool) -> Result<()> {
+        if let Some(f) = &self.fakepve {
+            let (cmd, reply) = if hold {
+                ("agents off", "AGENTS off")
+            } else {
+                ("agents on", "AGENTS on")
+            };
+            f.command(cmd, reply)?;
+        }
+        Ok(())
     }
 
     /// Records a run for the final sweep.
@@ -535,7 +575,7 @@ async fn start_fakepve(workdir: &Path) -> Result<(FakePve, serde_json::Value)> {
             python.display()
         );
     }
-    let launcher = workspace().join("crates/pve-client/tests/fakepve/launch.py");
+    let launcher = workspace().join("crates/e2e/fakepve/launch.py");
     let dir = workdir.join("fakepve");
     std::fs::create_dir_all(&dir)?;
     let secret = format!(
@@ -557,15 +597,28 @@ async fn start_fakepve(workdir: &Path) -> Result<(FakePve, serde_json::Value)> {
         .spawn()
         .with_context(|| format!("running {}", python.display()))?;
     let stdout = child.stdout.take().context("stdout")?;
-    let fake = FakePve { child };
-    // The launcher prints one line (READY or MISSING) and then nothing until commands arrive.
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    let stdin = child.stdin.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    let line = tokio::time::timeout(Duration::from_secs(60), line)
-        .await
-        .map_err(|_| anyhow!("fakepve printed nothing within 60 s"))???;
+    let fake = FakePve {
+        child,
+        stdin: Mutex::new(stdin),
+        lines: Mutex::new(rx),
+    };
+    // The launcher prints one line (READY or MISSING) first.
+    let line = {
+        let lines = fake.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_default()
+    };
     if !line.starts_with("READY ") {
         bail!(
             "fakepve did not start: {:?}; stderr: {}",
