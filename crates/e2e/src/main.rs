@@ -42,7 +42,7 @@ async fn run(args: Args) -> i32 {
     let world = match world::World::new(&args).await {
         Ok(w) => w,
         Err(e) => {
-            eprintln!("pvesandbox-e2e: target {}: {e:#}", args.target);
+            eprintln!("pvesandbox-e2e: {e:#}");
             return 2;
         }
     };

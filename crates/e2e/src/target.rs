@@ -174,10 +174,12 @@ impl Args {
             }
         }
         out.target = target.unwrap_or(Target::Sim);
-        if out.instances.is_some() && out.target != Target::Nested {
+        if let Some(path) = &out.instances
+            && out.target != Target::Nested
+        {
             return Err(ArgError {
                 flag: "--instances".into(),
-                value: out.instances.as_ref().unwrap().display().to_string(),
+                value: path.display().to_string(),
                 fix:
                     "only --target nested reads an instances file; for env use PROXMOX_CONFIG_FILE"
                         .into(),
