@@ -39,6 +39,17 @@ fn main() {
 
 async fn run(args: Args) -> i32 {
     let t = Instant::now();
+    // Our own handler, installed first: a handled signal reverts to the default in the
+    // children at exec, while an ignored one (a background job of a non-interactive shell)
+    // would stay ignored and make cleanup.ctrl_c's SIGINT a no-op.
+    let mut interrupt =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pvesandbox-e2e: cannot handle SIGINT: {e}");
+                return 2;
+            }
+        };
     let world = match world::World::new(&args).await {
         Ok(w) => w,
         Err(e) => {
@@ -52,7 +63,23 @@ async fn run(args: Args) -> i32 {
         t.elapsed().as_secs_f64()
     );
     let mut suite = checks::Suite::new(&world, &args.only);
-    suite.run_all().await;
+    let interrupted = tokio::select! {
+        () = suite.run_all() => false,
+        _ = interrupt.recv() => true,
+    };
+    if interrupted {
+        // The check in flight was dropped mid-way; remove what its runs made.
+        eprintln!("pvesandbox-e2e: interrupted; removing the suite's runs");
+        for run in world.runs() {
+            let target = pvesandbox::CleanupTarget::Run(run.clone());
+            if let Err(e) = pvesandbox::cleanup(&world.settings.instances, &target).await {
+                eprintln!(
+                    "pvesandbox-e2e: run {run}: {e}; retry with `pvesandbox cleanup --run {run}`"
+                );
+            }
+        }
+        return 130;
+    }
     let results = suite.results;
     print!("{}", report::table(&results));
     let xml = junit::render(&format!("e2e-{}", args.target), &results);
