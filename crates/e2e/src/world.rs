@@ -244,12 +244,14 @@ impl World {
                     );
                 }
                 let path = path.canonicalize()?;
-                let env = BTreeMap::from([(
-                    "PROXMOX_CONFIG_FILE".to_owned(),
-                    path.display().to_string(),
-                )]);
+                // The instances file replaces any other Proxmox; our own PVESANDBOX_*
+                // variables (image overrides, run settings) still apply, as for children.
+                let mut env: BTreeMap<String, String> = std::env::vars()
+                    .filter(|(k, _)| !FOREIGN.contains(&k.as_str()))
+                    .collect();
+                env.insert("PROXMOX_CONFIG_FILE".into(), path.display().to_string());
                 w.settings = Settings::load_from(None, &env)?;
-                w.child_env = env.into_iter().collect();
+                w.child_env = vec![("PROXMOX_CONFIG_FILE".into(), path.display().to_string())];
             }
         }
         if let Some(src) = &args.vm_source {
