@@ -278,4 +278,24 @@ mod tidy {
             ["pve-client"]
         );
     }
+
+    // e2e
+    /// The README's real-cluster instructions quote the privilege list and give it to
+    /// `pveum role add`; both must follow `nested/privileges.rs`.
+    #[test]
+    fn readme_quotes_the_privileges_the_token_needs() {
+        let readme = fs::read_to_string(root().join("README.md")).unwrap();
+        let privs = crate::nested::privileges::PRIVILEGES;
+        for p in privs {
+            assert!(
+                readme.contains(&format!("\"{p}\",")),
+                "README.md does not quote privilege {p}"
+            );
+        }
+        let joined = format!("--privs \"{}\"", privs.join(","));
+        assert!(
+            readme.contains(&joined),
+            "README.md's `pveum role add` line differs from {joined}"
+        );
+    }
 }
