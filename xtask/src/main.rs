@@ -17,6 +17,8 @@
 //!   that pve-sim's QEMU guest backend boots; installs its host packages when missing.
 //! - `cargo xtask nested-pve [--dry-run] ...` — build (once) and boot a nested Proxmox VE with
 //!   QEMU/KVM for the end-to-end suite, and write its instances file (see `nested`).
+//! - `cargo xtask e2e --target sim|fakepve|env|nested [...]` — the end-to-end suite
+//!   (`crates/e2e`), built and run with `cargo run` so xtask links none of the sandbox stack.
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -103,6 +105,13 @@ fn main() -> Result<()> {
             )
             .env("PVESANDBOX_GUEST", "qemu")
             .run()?;
+
+            // e2e: the end-to-end suite on the two targets that run here; each prints its
+            // table, and both run before a failure is reported so CI shows both tables.
+            let sim = e2e(&sh, &["--target".into(), "sim".into()]);
+            let fake = e2e(&sh, &["--target".into(), "fakepve".into()]);
+            sim.context("e2e --target sim")?;
+            fake.context("e2e --target fakepve")?;
             // ---- Inspect AI adapter (crates/inspect-adapter) ----
             inspect::test(&sh, &[])?;
             // ---- end Inspect AI adapter ----
@@ -144,12 +153,34 @@ fn main() -> Result<()> {
         Some("fakepve") => fakepve_venv(&sh, true)?,
         Some("guest-image") => guest_image::build(&sh)?,
         Some("nested-pve") => nested::main(&sh, &args[1..])?,
+        // e2e
+        Some("e2e") => e2e(&sh, &args[1..])?,
         other => {
             bail!(
-                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, nested-pve, inspect-venv, test-inspect"
+                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, nested-pve, e2e, inspect-venv, test-inspect"
             )
         }
     }
+    Ok(())
+}
+
+/// `cargo xtask e2e ARGS`: builds the `pvesandbox` CLI the suite drives, then runs the suite
+/// (`pvesandbox-e2e`, which finds the CLI next to itself). The fakepve target gets its venv.
+fn e2e(sh: &Shell, args: &[String]) -> Result<()> {
+    let target = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.strip_prefix("--target") {
+            Some("") => args.get(i + 1).cloned(),
+            Some(v) => v.strip_prefix('=').map(str::to_owned),
+            None => None,
+        })
+        .unwrap_or_else(|| "sim".into());
+    if target == "fakepve" {
+        fakepve_venv(sh, false)?;
+    }
+    cmd!(sh, "cargo build --quiet -p pvesandbox --bin pvesandbox").run()?;
+    cmd!(sh, "cargo run --quiet -p pvesandbox-e2e -- {args...}").run()?;
     Ok(())
 }
 
@@ -253,6 +284,35 @@ mod tidy {
             ["pve-client"],
             "templates is a library over pve-client alone"
         );
+        // The sandbox composes every library (and embeds the simulator for its demo); nothing
+        // of ours depends on it but the adapter.
+        let mut sandbox = our_deps(&read("sandbox"));
+        sandbox.sort();
+        assert_eq!(
+            sandbox,
+            [
+                "guest-agent",
+                "pve-client",
+                "pve-sdn",
+                "pve-sim",
+                "pvesandbox-pool",
+                "pvesandbox-templates"
+            ],
+            "pvesandbox sits on every library"
+        );
+        for lib in [
+            "pve-client",
+            "pve-sim",
+            "pve-sdn",
+            "guest-agent",
+            "pool",
+            "templates",
+        ] {
+            assert!(
+                !our_deps(&read(lib)).contains(&"pvesandbox".to_owned()),
+                "{lib} must not depend on the sandbox"
+            );
+        }
         // ---- Inspect AI adapter ----
         // The adapter wraps the sandbox crate; it names guest-agent only for the exec request
         // and error types the sandbox API hands out. Never the simulator or the raw client.
@@ -267,6 +327,26 @@ mod tidy {
                 "[dependencies]\npve-client.workspace = true\n[dev-dependencies]\npve-sim.workspace = true\n"
             ),
             ["pve-client"]
+        );
+    }
+
+    // e2e
+    /// The README's real-cluster instructions quote the privilege list and give it to
+    /// `pveum role add`; both must follow `nested/privileges.rs`.
+    #[test]
+    fn readme_quotes_the_privileges_the_token_needs() {
+        let readme = fs::read_to_string(root().join("README.md")).unwrap();
+        let privs = crate::nested::privileges::PRIVILEGES;
+        for p in privs {
+            assert!(
+                readme.contains(&format!("\"{p}\",")),
+                "README.md does not quote privilege {p}"
+            );
+        }
+        let joined = format!("--privs \"{}\"", privs.join(","));
+        assert!(
+            readme.contains(&joined),
+            "README.md's `pveum role add` line differs from {joined}"
         );
     }
 }

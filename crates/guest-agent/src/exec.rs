@@ -313,7 +313,11 @@ fn outer_script(
     }
     o.push_str("wait $_p; _r=$?\n");
     if req.timeout.is_some() {
-        o.push_str("kill $_w 2>/dev/null; wait $_w; [ $? -eq 9 ] && _f timeout\n");
+        // A TERM that reaches the watchdog before its trap is set kills it outright, and dash
+        // then reports "Terminated" on its stderr (the command's) at some later command. So
+        // from here on the shim's stderr is /dev/null, and only the marker goes to the
+        // saved one.
+        o.push_str("exec 4>&2 2>/dev/null; kill $_w; wait $_w; [ $? -eq 9 ] && _f timeout 2>&4\n");
     }
     o.push_str("exit $_r\n");
     o
@@ -633,6 +637,21 @@ mod tests {
             (code, &out[..], &err[..], reason.as_str()),
             (Some(70), &b"foo\nbar\n"[..], &b"oops\n"[..], "")
         );
+    }
+
+    /// The watchdog is killed as soon as a fast command ends, often before it set its trap;
+    /// the shell must not report that on the command's stderr ("Terminated").
+    #[test]
+    fn a_fast_command_with_a_timeout_has_clean_stderr() {
+        for _ in 0..200 {
+            let (code, out, err, reason) = run_local(
+                &ExecRequest::new(["sh", "-c", "echo boof >&2"]).timeout(Duration::from_secs(30)),
+            );
+            assert_eq!(
+                (code, &out[..], &err[..], reason.as_str()),
+                (Some(0), &b""[..], &b"boof\n"[..], "")
+            );
+        }
     }
 
     #[test]

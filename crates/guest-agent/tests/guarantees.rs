@@ -18,8 +18,13 @@ async fn trivial_exec_costs_two_rest_calls_once_warm() {
     for _ in 0..5 {
         e.vm.exec(&ExecRequest::new(["true"])).await.unwrap();
     }
+    // The first poll's timing is learned from the guest's pace, so a loaded machine can push
+    // single runs to 3 calls; the budget is about the best case, so try a few times.
     let mut best = usize::MAX;
-    for _ in 0..5 {
+    for _ in 0..30 {
+        if best == 2 {
+            break;
+        }
         e.sim.reset_requests();
         let out = e.vm.exec(&ExecRequest::new(["true"])).await.unwrap();
         assert_eq!(out.status, 0);

@@ -144,6 +144,9 @@ pub struct SimConfig {
     /// get-osinfo, get-host-name and network-get-interfaces that knows no exec or file
     /// commands (PVE then answers `Agent error: The command guest-exec has not been found`).
     pub guests: Option<GuestBackend>,
+    /// Privileges every principal holds on `/` (`GET /access/permissions`); `None`: all of
+    /// them, as root has.
+    pub privileges: Option<Vec<String>>,
 }
 
 impl SimConfig {
@@ -182,6 +185,7 @@ impl SimConfig {
             node_cpus: 16,
             version: "9.2.3".into(),
             guests: None,
+            privileges: None,
         }
     }
 

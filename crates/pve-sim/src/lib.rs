@@ -332,6 +332,18 @@ impl PveSim {
         self.shared.lock().log.clear();
     }
 
+    /// Requests answered since start, resets included.
+    pub fn requests_seen(&self) -> u64 {
+        *self.shared.lock().log.subscribe().borrow()
+    }
+
+    /// Returns once `n` requests have been answered since start (resets included): lets a
+    /// test act at an exact point of a client's flow without sleeping.
+    pub async fn wait_for_requests(&self, n: u64) {
+        let mut rx = self.shared.lock().log.subscribe();
+        let _ = rx.wait_for(|seen| *seen >= n).await;
+    }
+
     /// Fails the next `times` requests to `method route` with `error` (validation still runs first).
     pub fn fail_next(&self, method: &str, route: &str, times: u32, error: FaultError) {
         self.shared.lock().faults.routes.push(faults::RouteFault {

@@ -17,14 +17,31 @@ pub struct LoggedRequest {
 }
 
 /// All requests since start (or the last reset).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct RequestLog {
     entries: Vec<LoggedRequest>,
+    /// Requests ever logged (resets do not lower it), for tests that act when the Nth
+    /// request has been answered instead of sleeping.
+    seen: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog {
+            entries: Vec::new(),
+            seen: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl RequestLog {
     pub(crate) fn push(&mut self, r: LoggedRequest) {
         self.entries.push(r);
+        self.seen.send_modify(|n| *n += 1);
+    }
+    /// A receiver of the count of requests ever logged.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.seen.subscribe()
     }
     /// Every request in order.
     pub fn entries(&self) -> &[LoggedRequest] {

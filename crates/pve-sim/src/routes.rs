@@ -212,6 +212,15 @@ pub static ROUTES: &[RouteSpec] = &[
         path: "/version",
         params: "",
     },
+    // `userid` is a user or token id (`user@realm` or `user@realm!token`).
+    RouteSpec {
+        method: "GET",
+        path: "/access/permissions",
+        params: r"
+        path?    string
+        userid?  string  pattern=(?^:^(?^:[^\s:/]+)\@(?^:[A-Za-z][A-Za-z0-9\.\-_]+)(?:!(?^:[A-Za-z][A-Za-z0-9\.\-_]+))?$)
+        ",
+    },
     RouteSpec {
         method: "GET",
         path: "/cluster/nextid",

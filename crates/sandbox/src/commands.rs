@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// default: one ubuntu24.04 VM on an auto network.
     #[arg(long, value_name = "PATH")]
     pub eval: Option<PathBuf>,
+    /// Use this run id instead of a fresh one, so a supervisor knows what to clean up even
+    /// if this process dies before printing it.
+    #[arg(long)]
+    pub run: Option<RunId>,
 }
 
 /// `exec`.
@@ -132,7 +136,11 @@ pub fn load_eval(path: Option<&std::path::Path>) -> Result<EvalConfig, Error> {
 pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
     let settings = ctx.proxmox_settings()?;
     let eval = load_eval(a.eval.as_deref())?;
-    let task = Sandboxes::task_init(settings, eval, Default::default()).await?;
+    let opts = pvesandbox::TaskOptions {
+        run: a.run,
+        ..Default::default()
+    };
+    let task = Sandboxes::task_init(settings, eval, opts).await?;
     let sample = task.sample_init().await?;
     let vms: Vec<_> = sample
         .sandboxes()

@@ -224,6 +224,18 @@ pub async fn start_demo_sim(time_factor: f64) -> Result<DemoSim, Error> {
 pub async fn start_demo_sim_with(opts: SimOptions) -> Result<DemoSim, Error> {
     use sha2::Digest;
     let sim = start_sim(opts).await?;
+    // As an administrator would before using pvesandbox (`doctor` checks it): isolation is
+    // PVE firewall rules, which only apply with the datacenter firewall on.
+    let client = sim
+        .instance("sim", "default", 1)
+        .client()
+        .map_err(Error::from_pool)?;
+    client
+        .put(
+            "/cluster/firewall/options",
+            &pve_client::Params::new().with("enable", 1),
+        )
+        .await?;
     // Stand-ins: a qcow2 header is all the simulator's importer looks at; the checksum is
     // real, so a corrupted download fails exactly as on PVE.
     let debian = b"QFI\xfb pvesandbox demo stand-in for the debian13 cloud image\n".repeat(64);

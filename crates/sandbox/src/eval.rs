@@ -310,3 +310,122 @@ impl EvalConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The peer's config as pydantic's `model_dump(mode="json")` writes it: every field,
+    /// nulls included.
+    const PEER_DUMP: &str = r#"{
+        "instance_pool_id": "default",
+        "sdn_config": {"vnet_configs": [{"alias": "lan", "subnets": [{"cidr": "10.20.30.0/24",
+            "gateway": "10.20.30.1", "snat": false,
+            "dhcp_ranges": [{"start": "10.20.30.50", "end": "10.20.30.100"}]}]}],
+            "use_pve_ipam_dnsnmasq": true},
+        "vms_config": [
+            {"vm_source_config": {"existing_vm_template_tag": null, "ova": null, "built_in": "ubuntu24.04"},
+             "name": null, "ram_mb": 2048, "vcpus": 2, "nics": null, "is_sandbox": true,
+             "uefi_boot": false, "disk_controller": null, "nic_controller": null, "firewall": false,
+             "os_type": "l26", "cpu": null, "await_before_next_vm": false},
+            {"vm_source_config": {"existing_vm_template_tag": null, "ova": "/evals/victim.ova", "built_in": null},
+             "name": "victim", "ram_mb": 1024, "vcpus": 1,
+             "nics": [{"vnet_alias": "lan", "mac": "52:54:00:12:34:56", "ipv4": "10.20.30.7"}],
+             "is_sandbox": false, "uefi_boot": true, "disk_controller": "ide", "nic_controller": "e1000",
+             "firewall": true, "os_type": "win10", "cpu": "kvm64", "await_before_next_vm": true},
+            {"vm_source_config": {"existing_vm_template_tag": "kali-template"}, "nics": []}
+        ]
+    }"#;
+
+    #[test]
+    fn the_peers_config_dump_is_accepted_unchanged() {
+        let cfg = EvalConfig::from_json(PEER_DUMP).unwrap();
+        assert_eq!(cfg.vms_config.len(), 3);
+        assert!(matches!(cfg.sdn_config, SdnSpec::Topology(_)));
+        let victim = &cfg.vms_config[1];
+        assert_eq!(
+            victim.vm_source_config,
+            VmSource::Ova("/evals/victim.ova".into())
+        );
+        assert_eq!(victim.disk_controller, Some(DiskController::Ide));
+        assert_eq!(victim.nic_controller, Some(NicController::E1000));
+        assert_eq!(victim.os_type, Some(OsType::Win10));
+        assert_eq!(cfg.vms_config[2].nics, Some(vec![]));
+        assert_eq!(cfg.sandbox_names(), ["default", "victim", "vm2"]);
+        // Defaults: one ubuntu24.04 VM on an auto network in the default pool.
+        let d = EvalConfig::from_json("{}").unwrap();
+        assert_eq!(d, EvalConfig::default());
+        assert_eq!(d.sdn_config, SdnSpec::Auto);
+        assert_eq!((d.vms_config[0].ram(), d.vms_config[0].cores()), (2048, 2));
+        // `null` attaches to existing vnets.
+        let n = EvalConfig::from_json(r#"{"sdn_config": null}"#).unwrap();
+        assert_eq!(n.sdn_config, SdnSpec::Existing);
+    }
+
+    fn field(json: &str) -> String {
+        match EvalConfig::from_json(json) {
+            Err(Error::Config { field, .. }) => field,
+            Err(Error::Sdn(e)) => e.field().unwrap_or_default().to_owned(),
+            other => panic!("expected a config error for {json}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_refused_naming_the_field() {
+        let vm = |extra: &str| {
+            format!(
+                r#"{{"vms_config": [{{"vm_source_config": {{"built_in": "debian13"}}{extra}}}]}}"#
+            )
+        };
+        assert_eq!(field(&vm(r#", "ram_mb": -5"#)), "vms_config[0].ram_mb");
+        assert_eq!(field(&vm(r#", "vcpus": 0"#)), "vms_config[0].vcpus");
+        assert_eq!(
+            field(&vm(r#", "name": "no_underscores""#)),
+            "vms_config[0].name"
+        );
+        assert_eq!(field(&vm(r#", "is_sandbox": false"#)), "vms_config");
+        assert_eq!(
+            field(&vm(r#", "os_type": "win11""#)),
+            "vms_config[0].os_type"
+        );
+        assert_eq!(field(&vm(r#", "disk_gb": 0"#)), "vms_config[0].disk_gb");
+        assert_eq!(
+            field(&vm(
+                r#", "nics": [{"vnet_alias": "x", "ipv4": "10.0.0.5"}]"#
+            )),
+            "vms_config[0].nics[0].ipv4"
+        );
+        assert_eq!(
+            field(&vm(r#", "nics": [{"vnet_alias": "x", "mac": "52:54:00"}]"#)),
+            "vms_config[0].nics[0].mac"
+        );
+        assert_eq!(field(r#"{"vms_config": []}"#), "vms_config");
+        assert_eq!(
+            field(
+                r#"{"vms_config": [{"vm_source_config": {"built_in": "debian13"}, "name": "default"}, {"vm_source_config": {"built_in": "debian13"}, "name": "default"}]}"#
+            ),
+            "vms_config[1].name"
+        );
+        assert_eq!(
+            field(
+                r#"{"sdn_config": {"vnet_configs": [{"subnets": [{"cidr": "10.0.0.0/24", "gateway": "10.0.1.1", "snat": true, "dhcp_ranges": [{"start": "10.0.0.5", "end": "10.0.0.9"}]}]}]}}"#
+            ),
+            "sdn_config.vnet_configs[0].subnets[0].gateway"
+        );
+        let msg = EvalConfig::from_json(
+            r#"{"vms_config": [{"vm_source_config": {"built_in": "debian13"}, "ram_mbb": 1}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("ram_mbb"), "{msg}");
+        let msg = EvalConfig::from_json(
+            r#"{"vms_config": [{"vm_source_config": {"built_in": "debian13", "ova": "/x.ova"}}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("vm_source_config") && msg.contains("exactly one"),
+            "{msg}"
+        );
+    }
+}

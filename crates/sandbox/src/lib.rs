@@ -35,6 +35,7 @@ mod images;
 pub mod lifecycle;
 pub mod owner;
 pub mod preflight;
+mod privileges;
 mod vm;
 
 pub use cleanup::{CleanupReport, CleanupTarget, cleanup};

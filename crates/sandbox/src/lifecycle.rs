@@ -165,7 +165,14 @@ impl Sandboxes {
                     crate::images::template_config(settings, h.config())?,
                 );
                 if settings.run.egress {
-                    pve_sdn::ensure_firewall_base(h.client(), &[]).await?;
+                    // The host's own address, when it is a public one, is out of bounds too.
+                    let host: Vec<String> = h
+                        .config()
+                        .host
+                        .parse::<std::net::Ipv4Addr>()
+                        .map(|ip| vec![format!("{ip}/32")])
+                        .unwrap_or_default();
+                    pve_sdn::ensure_firewall_base(h.client(), &host).await?;
                 }
                 // One ensure per distinct source; VMs sharing a source share the template.
                 let mut by_source: BTreeMap<String, Template> = BTreeMap::new();

@@ -6,45 +6,7 @@ use pve_client::{Params, PveClient};
 use pvesandbox_pool::InstanceConfig;
 use serde::Serialize;
 
-/// Privileges the API user or token needs on `/`, and why.
-pub const REQUIRED_PRIVILEGES: &[(&str, &str)] = &[
-    (
-        "VM.Allocate",
-        "create and destroy sandbox VMs and templates",
-    ),
-    ("VM.Clone", "clone templates"),
-    ("VM.Config.Disk", "import and resize disks"),
-    ("VM.Config.CDROM", "attach the cloud-init seed"),
-    ("VM.Config.CPU", "set vCPUs and CPU model"),
-    ("VM.Config.Memory", "set RAM"),
-    ("VM.Config.Network", "attach NICs to sample vnets"),
-    ("VM.Config.Options", "tags, description, agent, OS type"),
-    ("VM.Config.HWType", "UEFI, controllers"),
-    ("VM.Config.Cloudinit", "cloud-init settings"),
-    ("VM.PowerMgmt", "start and stop VMs"),
-    ("VM.Audit", "read VM state"),
-    (
-        "VM.GuestAgent.Unrestricted",
-        "exec and files through the guest agent (PVE 9.2+)",
-    ),
-    ("Datastore.AllocateSpace", "disks of clones and templates"),
-    (
-        "Datastore.AllocateTemplate",
-        "download and upload images and seed ISOs",
-    ),
-    ("Datastore.Audit", "list storage content"),
-    (
-        "SDN.Allocate",
-        "create and remove sample zones, vnets and subnets",
-    ),
-    ("SDN.Use", "attach NICs to sample vnets"),
-    ("SDN.Audit", "list existing subnets"),
-    ("Sys.Audit", "read node status and cluster resources"),
-    (
-        "Sys.Modify",
-        "apply SDN changes (PUT /cluster/sdn) and firewall groups",
-    ),
-];
+pub use crate::privileges::{PRIVILEGES, ROLE};
 
 /// How a check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -163,34 +125,25 @@ async fn privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Stat
     {
         Ok(v) => {
             let have = v.get("/").cloned().unwrap_or_default();
-            let missing: Vec<&str> = REQUIRED_PRIVILEGES
+            let missing: Vec<&str> = PRIVILEGES
                 .iter()
-                .map(|(p, _)| *p)
+                .copied()
                 .filter(|p| have.get(p).is_none())
                 .collect();
             if missing.is_empty() {
                 push(
                     "privileges",
                     Status::Pass,
-                    format!("all {} privileges on /", REQUIRED_PRIVILEGES.len()),
+                    format!("all {} privileges on /", PRIVILEGES.len()),
                 );
             } else {
-                let why: Vec<String> = REQUIRED_PRIVILEGES
-                    .iter()
-                    .filter(|(p, _)| missing.contains(p))
-                    .map(|(p, w)| format!("{p} ({w})"))
-                    .collect();
                 push(
                     "privileges",
                     Status::Fail,
                     format!(
-                        "missing on /: {}; grant them with a role, e.g. `pveum role add PVESandbox -privs \"{}\"` and `pveum acl modify / -token <id> -role PVESandbox`",
-                        why.join(", "),
-                        REQUIRED_PRIVILEGES
-                            .iter()
-                            .map(|(p, _)| *p)
-                            .collect::<Vec<_>>()
-                            .join(",")
+                        "missing on /: {}; grant the whole list with `pveum role add {ROLE} -privs \"{}\"` and `pveum acl modify / -token '<token id>' -role {ROLE}`",
+                        missing.join(", "),
+                        PRIVILEGES.join(",")
                     ),
                 );
             }

@@ -20,6 +20,7 @@ pub(super) fn handle(
             "version": cfg.version, "release": cfg.version.rsplit_once('.').map_or(cfg.version.as_str(), |(r, _)| r),
             "repoid": "5e2a9c5d", "console": "xtermjs",
         })),
+        ("GET", "/access/permissions") => Ok(permissions(cfg, ctx)),
         ("GET", "/cluster/nextid") => next_id(st, ctx),
         ("GET", "/cluster/resources") => Ok(resources(shared, st, ctx.str("type"))),
         ("GET", "/cluster/tasks") => Ok(Value::Array(
@@ -321,4 +322,72 @@ fn pools(st: &State, only: Option<&str>) -> Value {
             })
             .collect(),
     )
+}
+
+/// Every privilege PVE 9.2 knows (`pveum role list` of `Administrator`), which `root@pam`
+/// and its unseparated tokens hold on every path.
+pub(crate) const ALL_PRIVILEGES: &[&str] = &[
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "Group.Allocate",
+    "Mapping.Audit",
+    "Mapping.Modify",
+    "Mapping.Use",
+    "Permissions.Modify",
+    "Pool.Allocate",
+    "Pool.Audit",
+    "Realm.Allocate",
+    "Realm.AllocateUser",
+    "SDN.Allocate",
+    "SDN.Audit",
+    "SDN.Use",
+    "Sys.AccessNetwork",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Incoming",
+    "Sys.Modify",
+    "Sys.PowerMgmt",
+    "Sys.Syslog",
+    "User.Modify",
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Backup",
+    "VM.Clone",
+    "VM.Config.CDROM",
+    "VM.Config.CPU",
+    "VM.Config.Cloudinit",
+    "VM.Config.Disk",
+    "VM.Config.HWType",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Console",
+    "VM.GuestAgent.Audit",
+    "VM.GuestAgent.FileRead",
+    "VM.GuestAgent.FileSystemMgmt",
+    "VM.GuestAgent.FileWrite",
+    "VM.GuestAgent.Unrestricted",
+    "VM.Migrate",
+    "VM.PowerMgmt",
+    "VM.Replicate",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
+];
+
+/// `GET /access/permissions`: `{path: {privilege: propagate}}` for the caller (or `userid`).
+/// The simulator grants every principal the privileges in `SimConfig::privileges` (all of
+/// them by default) on `/`, propagated, as an Administrator ACL on `/` does.
+fn permissions(cfg: &crate::SimConfig, ctx: &Ctx) -> Value {
+    let privs: Vec<&str> = match &cfg.privileges {
+        Some(p) => p.iter().map(String::as_str).collect(),
+        None => ALL_PRIVILEGES.to_vec(),
+    };
+    let map: serde_json::Map<String, Value> = privs
+        .into_iter()
+        .map(|p| (p.to_owned(), json!(1)))
+        .collect();
+    let path = ctx.str("path").unwrap_or("/").to_owned();
+    json!({ path: Value::Object(map) })
 }

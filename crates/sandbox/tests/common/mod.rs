@@ -1,0 +1,50 @@
+//! The embedded simulator (process guests, instant tasks) and a loopback image mirror.
+
+#![allow(dead_code)]
+
+use pvesandbox::embedded::{DemoSim, SimOptions, start_demo_sim_with};
+use pvesandbox::{EvalConfig, Settings};
+
+/// Process guests need namespaces (root here). Without them: skip, unless CI says they must work.
+pub fn guests_available() -> bool {
+    match pve_sim::guest::ProcessGuestFactory::probe() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "process guests unavailable on CI: {why}"
+            );
+            eprintln!("skipping: process guests unavailable ({why})");
+            false
+        }
+    }
+}
+
+/// A simulator with instant tasks, and settings pointing at it.
+pub async fn world() -> (DemoSim, Settings) {
+    let sim = start_demo_sim_with(SimOptions {
+        port: 0,
+        realistic: None,
+        process_guests: true,
+    })
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("tempdir").keep();
+    let mut settings = Settings::default();
+    settings.images.cache_dir = Some(dir);
+    let mut settings = sim.settings(settings).expect("settings");
+    settings.instances[0].max_samples = Some(4);
+    (sim, settings)
+}
+
+/// An eval config from JSON.
+pub fn eval(json: &str) -> EvalConfig {
+    EvalConfig::from_json(json).expect("valid eval config")
+}
+
+/// One debian13 VM on an auto network.
+pub fn one_vm() -> EvalConfig {
+    eval(
+        r#"{"vms_config": [{"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1}]}"#,
+    )
+}

@@ -1,0 +1,84 @@
+//! `doctor` against the simulator: what passes on a prepared host, and what it names when not.
+
+use pve_sim::{PveSim, SimConfig};
+use pvesandbox::preflight::{PRIVILEGES, Status, check_instance};
+use pvesandbox_pool::InstanceConfig;
+
+fn instance(sim: &PveSim, storage: &str) -> InstanceConfig {
+    let (id, secret) = sim.config().tokens[0].clone();
+    serde_json::from_value(serde_json::json!({
+        "instance_id": "sim", "pool_id": "default", "host": "127.0.0.1",
+        "port": sim.addr().port(), "node": "pve1", "token_id": id, "token_secret": secret,
+        "fingerprint": sim.fingerprint(), "image_storage": storage,
+    }))
+    .unwrap()
+}
+
+fn status(checks: &[pvesandbox::preflight::Check], name: &str) -> (Status, String) {
+    let c = checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name}: {checks:?}"));
+    (c.status, c.detail.clone())
+}
+
+#[tokio::test]
+async fn a_prepared_host_passes_and_an_unprepared_one_is_told_what_to_fix() {
+    let sim = PveSim::start(SimConfig::new()).await.unwrap();
+    let checks = check_instance(&instance(&sim, "local-lvm")).await;
+    for name in [
+        "connect",
+        "version",
+        "privileges",
+        "storage",
+        "import",
+        "sdn",
+    ] {
+        assert_eq!(status(&checks, name).0, Status::Pass, "{name}: {checks:#?}");
+    }
+    // PVE ships with the datacenter firewall off: samples would not be isolated.
+    let (s, detail) = status(&checks, "firewall");
+    assert_eq!(s, Status::Fail);
+    assert!(detail.contains("NOT isolated"), "{detail}");
+    let client = instance(&sim, "local-lvm").client().unwrap();
+    client
+        .put(
+            "/cluster/firewall/options",
+            &pve_client::Params::new().with("enable", 1),
+        )
+        .await
+        .unwrap();
+    let checks = check_instance(&instance(&sim, "local-lvm")).await;
+    assert_eq!(status(&checks, "firewall").0, Status::Pass);
+
+    // A storage that cannot hold disks is named, with the ones that exist.
+    let checks = check_instance(&instance(&sim, "local")).await;
+    let (s, detail) = status(&checks, "storage");
+    assert_eq!(s, Status::Fail);
+    assert!(
+        detail.contains("\"local\"") && detail.contains("local-lvm"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn missing_privileges_are_listed_with_the_role_that_grants_them() {
+    let mut cfg = SimConfig::new();
+    cfg.privileges = Some(
+        PRIVILEGES
+            .iter()
+            .filter(|p| **p != "VM.GuestAgent.Unrestricted" && **p != "SDN.Use")
+            .map(|p| p.to_string())
+            .collect(),
+    );
+    let sim = PveSim::start(cfg).await.unwrap();
+    let checks = check_instance(&instance(&sim, "local-lvm")).await;
+    let (s, detail) = status(&checks, "privileges");
+    assert_eq!(s, Status::Fail);
+    assert!(
+        detail.starts_with("missing on /: VM.GuestAgent.Unrestricted, SDN.Use")
+            || detail.starts_with("missing on /: SDN.Use, VM.GuestAgent.Unrestricted"),
+        "{detail}"
+    );
+    assert!(detail.contains("pveum role add PVESandbox"), "{detail}");
+}

@@ -1,0 +1,392 @@
+//! The lifecycle against the simulator: samples, isolation, undo on failure, two runs on one
+//! host, cleanup from Proxmox state, and the REST cost of a warm sample.
+
+mod common;
+
+use common::*;
+use guest_agent::ExecRequest;
+use pve_sim::FaultError;
+use pvesandbox::{CleanupTarget, Error, Sandboxes, TaskOptions};
+
+fn sh(cmd: &str) -> ExecRequest {
+    ExecRequest::new(["sh", "-c", cmd])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_multi_vm_sample_runs_and_leaves_nothing() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let cfg = eval(
+        r#"{"sdn_config": "auto", "vms_config": [
+            {"vm_source_config": {"built_in": "debian13"}, "name": "attacker", "ram_mb": 512, "vcpus": 1},
+            {"vm_source_config": {"built_in": "debian13"}, "name": "victim", "is_sandbox": false, "ram_mb": 512, "vcpus": 1, "await_before_next_vm": true},
+            {"vm_source_config": {"built_in": "debian13"}, "name": "third", "ram_mb": 512, "vcpus": 1, "disk_gb": 20, "uefi_boot": true}
+        ]}"#,
+    );
+    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let names: Vec<&str> = sample.sandboxes().iter().map(|v| v.name()).collect();
+    assert_eq!(
+        names,
+        ["default", "victim", "third"],
+        "the first sandbox VM is `default`"
+    );
+    let d = sample.get("default").unwrap();
+    let out = d
+        .exec(sh("echo -n out; echo -n err >&2; exit 3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.status, &out.stdout[..], &out.stderr[..]),
+        (3, &b"out"[..], &b"err"[..])
+    );
+    d.write_file("/tmp/x/y.bin", &[0, 159, 146, 150])
+        .await
+        .unwrap();
+    assert_eq!(
+        d.read_file("/tmp/x/y.bin", None).await.unwrap(),
+        [0, 159, 146, 150]
+    );
+
+    // What the VMs look like in PVE: tags, owner record, NIC on the sample's vnet with the
+    // firewall flag, UEFI, agent off for the non-sandbox VM, isolation rules present.
+    let zone = sample.zone().expect("an auto network has a zone");
+    for vm in sample.sandboxes() {
+        let c = sim.sim().vm_config(vm.vmid()).unwrap();
+        let tags = &c["tags"];
+        assert!(
+            tags.contains("pvesandbox") && tags.contains(&format!("run-{}", task.run_id())),
+            "{tags}"
+        );
+        assert!(tags.contains("exp-"), "{tags}");
+        assert!(pvesandbox::OwnerRecord::parse(&c["description"]).is_some());
+        assert!(c["net0"].contains("firewall=1"), "{}", c["net0"]);
+        assert_eq!(
+            c["agent"].contains("enabled=1") || c["agent"] == "1",
+            vm.is_sandbox(),
+            "{}",
+            c["agent"]
+        );
+    }
+    let third = sim
+        .sim()
+        .vm_config(sample.get("third").unwrap().vmid())
+        .unwrap();
+    assert_eq!(third.get("bios").map(String::as_str), Some("ovmf"));
+    assert!(third.contains_key("efidisk0"));
+    let (running, _) = sim.sim().sdn();
+    assert!(running.zones.contains_key(&zone), "the zone was applied");
+
+    sample.cleanup(false).await.unwrap();
+    sample.cleanup(false).await.unwrap(); // idempotent
+    task.task_cleanup().await.unwrap();
+    let left = sim.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_samples_get_their_own_networks() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let task = Sandboxes::task_init(settings, one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    let (a, b, c) = tokio::join!(task.sample_init(), task.sample_init(), task.sample_init());
+    let samples = [a.unwrap(), b.unwrap(), c.unwrap()];
+    let zones: std::collections::BTreeSet<_> = samples.iter().map(|s| s.zone().unwrap()).collect();
+    assert_eq!(zones.len(), 3, "{zones:?}");
+    let (running, _) = sim.sim().sdn();
+    let cidrs: std::collections::BTreeSet<_> = running
+        .subnets
+        .values()
+        .filter_map(|s| s.get("cidr").cloned())
+        .collect();
+    assert_eq!(
+        cidrs.len(),
+        running.subnets.len(),
+        "disjoint subnets: {:?}",
+        running.subnets
+    );
+    // Files written in one sample are not visible in another.
+    samples[0]
+        .get("default")
+        .unwrap()
+        .write_file("/root/mine", b"0")
+        .await
+        .unwrap();
+    let other = samples[1]
+        .get("default")
+        .unwrap()
+        .exec(sh("test -e /root/mine"))
+        .await
+        .unwrap();
+    assert_eq!(other.status, 1);
+    for s in &samples {
+        s.cleanup(false).await.unwrap();
+    }
+    // The SDN apply was coalesced or at least not doubled per sample.
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_sample_init_undoes_everything_it_made() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let cfg = eval(
+        r#"{"vms_config": [
+            {"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1},
+            {"vm_source_config": {"built_in": "debian13"}, "name": "b", "ram_mb": 512, "vcpus": 1}
+        ]}"#,
+    );
+    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+        .await
+        .unwrap();
+    sim.sim().fail_next(
+        "POST",
+        "/nodes/{node}/qemu/{vmid}/status/start",
+        1,
+        FaultError::task("start failed: QEMU exited with code 1"),
+    );
+    let err = task.sample_init().await.unwrap_err();
+    match &err {
+        Error::SampleInit { step, leftover, .. } => {
+            assert!(step.starts_with("start of"), "{step}");
+            assert!(leftover.is_empty(), "{leftover:?}");
+        }
+        other => panic!("expected SampleInit, got {other:?}"),
+    }
+    assert!(err.to_string().contains("QEMU exited with code 1"), "{err}");
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+    // The instance is usable again: the next sample works.
+    let s = task.sample_init().await.unwrap();
+    s.cleanup(false).await.unwrap();
+    assert!(sim.leftovers().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_runs_on_one_host_never_touch_each_other() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let a = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    let b = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    assert_ne!(a.run_id(), b.run_id());
+    let sa = a.sample_init().await.unwrap();
+    let sb = b.sample_init().await.unwrap();
+    // Run A is "crashed": its cleanup comes from Proxmox state alone.
+    std::mem::forget(sa);
+    let report = pvesandbox::cleanup(&settings.instances, &CleanupTarget::Run(a.run_id().clone()))
+        .await
+        .unwrap();
+    assert_eq!((report.vms.len(), report.zones.len()), (1, 1), "{report:?}");
+    // Run B is untouched and still works.
+    let vm = sb.get("default").unwrap();
+    assert!(sim.sim().vm_running(vm.vmid()).unwrap());
+    assert_eq!(vm.exec(sh("true")).await.unwrap().status, 0);
+    let (running, _) = sim.sim().sdn();
+    assert!(running.zones.contains_key(&sb.zone().unwrap()));
+    // Expired-only cleanup leaves live runs alone.
+    let report = pvesandbox::cleanup(&settings.instances, &CleanupTarget::Expired)
+        .await
+        .unwrap();
+    assert!(
+        report.vms.is_empty() && report.zones.is_empty(),
+        "{report:?}"
+    );
+    sb.cleanup(false).await.unwrap();
+    b.task_cleanup().await.unwrap();
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_resources_go_unless_their_owner_is_alive() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let vmid = sample.get("default").unwrap().vmid();
+    let client = settings.instances[0].client().unwrap();
+    let vm = client.node("pve1").qemu(pve_client::Vmid(vmid));
+    let expire = |desc: Option<String>| {
+        let mut p = pve_client::Params::new()
+            .with("tags", format!("pvesandbox;run-{};exp-1", task.run_id()));
+        if let Some(d) = desc {
+            p.push("description", d);
+        }
+        p
+    };
+    // Expired, but this process (the owner) is alive: kept.
+    vm.update_config(&expire(None)).await.unwrap();
+    let r = pvesandbox::cleanup(&settings.instances, &CleanupTarget::Expired)
+        .await
+        .unwrap();
+    assert_eq!((r.vms.len(), r.kept.len()), (0, 1), "{r:?}");
+    // Expired and the owner is gone (another host): removed, with its network.
+    let mut rec =
+        pvesandbox::OwnerRecord::parse(&sim.sim().vm_config(vmid).unwrap()["description"]).unwrap();
+    rec.host = "gone-host".into();
+    vm.update_config(&expire(Some(rec.description())))
+        .await
+        .unwrap();
+    let r = pvesandbox::cleanup(&settings.instances, &CleanupTarget::Expired)
+        .await
+        .unwrap();
+    assert_eq!((r.vms.len(), r.zones.len()), (1, 1), "{r:?}");
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+    // The sample's own cleanup afterwards finds everything gone and succeeds.
+    sample.cleanup(false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_one_vm_sample_costs_few_rest_calls() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let task = Sandboxes::task_init(settings, one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    // Warm: the template exists, the pool probed. Count init + 10 execs + cleanup.
+    sim.sim().reset_requests();
+    let sample = task.sample_init().await.unwrap();
+    let init = sim.sim().requests().total();
+    for i in 0..10 {
+        let out = sample
+            .get("default")
+            .unwrap()
+            .exec(sh(&format!("echo {i}")))
+            .await
+            .unwrap();
+        assert_eq!(out.stdout, format!("{i}\n").as_bytes());
+    }
+    let execs = sim.sim().requests().total() - init;
+    sample.cleanup(false).await.unwrap();
+    let total = sim.sim().requests().total();
+    println!(
+        "warm 1-VM sample: init {init}, 10 execs {execs}, cleanup {}, total {total} REST calls (peer: 161)\n{:#?}",
+        total - init - execs,
+        sim.sim().requests().counts()
+    );
+    assert!(
+        total < 161 / 2,
+        "{total} REST calls: {:#?}",
+        sim.sim().requests().counts()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warm_network_two_linked_clones_and_teardown_rest_calls() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let cfg = eval(
+        r#"{"vms_config": [
+            {"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1},
+            {"vm_source_config": {"built_in": "debian13"}, "name": "b", "ram_mb": 512, "vcpus": 1}
+        ]}"#,
+    );
+    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+        .await
+        .unwrap();
+    sim.sim().reset_requests();
+    let sample = task.sample_init().await.unwrap();
+    sample.cleanup(false).await.unwrap();
+    let log = sim.sim().requests();
+    let sdn = log
+        .entries()
+        .iter()
+        .filter(|e| e.route.starts_with("/cluster/sdn"))
+        .count();
+    let clone = log.count("POST", "/nodes/{node}/qemu/{vmid}/clone")
+        + log.count("PUT", "/nodes/{node}/qemu/{vmid}/config");
+    let firewall = log
+        .entries()
+        .iter()
+        .filter(|e| e.route.contains("/firewall/"))
+        .count();
+    let agent = log
+        .entries()
+        .iter()
+        .filter(|e| e.route.contains("/agent/"))
+        .count();
+    let tasks = log.count("GET", "/nodes/{node}/tasks/{upid}/status");
+    println!(
+        "warm network + 2 linked clones + teardown: {} REST calls: SDN {sdn} (incl. teardown), clone+config {clone}, firewall {firewall}, agent pings {agent}, task polls {tasks}, other {}\n{:#?}",
+        log.total(),
+        log.total() - sdn - clone - firewall - agent - tasks,
+        log.counts()
+    );
+    assert_eq!(
+        log.count("PUT", "/cluster/sdn"),
+        2,
+        "one apply to create, one to remove"
+    );
+    assert_eq!(
+        log.count("GET", "/cluster/sdn/ipams/{ipam}/status"),
+        1,
+        "one listing"
+    );
+    assert_eq!(
+        sdn,
+        1 + 3 + 1 + 3 + 1,
+        "listing, 3 creates, apply, 3 deletes, apply"
+    );
+    assert_eq!(clone, 4, "one clone and one config call per VM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn egress_is_off_unless_asked_for() {
+    if !guests_available() {
+        return;
+    }
+    for egress in [false, true] {
+        let (sim, mut settings) = world().await;
+        settings.run.egress = egress;
+        let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+            .await
+            .unwrap();
+        let sample = task.sample_init().await.unwrap();
+        let client = settings.instances[0].client().unwrap();
+        let vmid = sample.get("default").unwrap().vmid();
+        let rules = client
+            .get(
+                &format!("/nodes/pve1/qemu/{vmid}/firewall/rules"),
+                &pve_client::Params::new(),
+            )
+            .await
+            .unwrap();
+        let groups = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["type"] == "group")
+            .count();
+        assert_eq!(groups, usize::from(egress), "egress={egress}: {rules}");
+        let subnets = sim.sim().sdn().0.subnets;
+        assert!(
+            subnets.values().all(|s| s.get("snat").map(String::as_str)
+                == Some(if egress { "1" } else { "0" })
+                || (!egress && !s.contains_key("snat"))),
+            "egress={egress}: {subnets:?}"
+        );
+        sample.cleanup(false).await.unwrap();
+    }
+}
