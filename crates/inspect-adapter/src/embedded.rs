@@ -9,7 +9,7 @@
 //! Python half calls it at exit), since dropping it is what powers its guests off.
 
 use pvesandbox::Settings;
-use pvesandbox::embedded::{DemoSim, SimOptions, start_demo_sim_with};
+use pvesandbox::embedded::{DemoSim, SimOptions, start_demo_sim_qemu, start_demo_sim_with};
 use tokio::sync::Mutex;
 
 /// The variable that turns the mode on.
@@ -67,10 +67,13 @@ pub(crate) async fn point_at_sim(settings: Settings, pool: &str) -> Result<Setti
         let opts = SimOptions {
             port: 0,
             realistic: None,
-            process_guests: guests == Guests::Process,
-            qemu_guests: guests == Guests::Qemu,
+            process_guests: true,
         };
-        *sim = Some(start_demo_sim_with(opts).await.map_err(|e| e.to_string())?);
+        let started = match guests {
+            Guests::Process => start_demo_sim_with(opts).await,
+            Guests::Qemu => start_demo_sim_qemu(opts).await,
+        };
+        *sim = Some(started.map_err(|e| e.to_string())?);
     }
     let sim = sim.as_ref().expect("started above");
     let mut settings = sim.settings(settings).map_err(|e| e.to_string())?;

@@ -421,7 +421,6 @@ pub async fn sim(a: SimArgs) -> Result<i32, Error> {
         port: a.port,
         realistic: a.realistic,
         process_guests: a.process_guests,
-        qemu_guests: false,
     })
     .await?;
     println!("pve-sim listening on {}", sim.url());

@@ -20,10 +20,6 @@ pub struct SimOptions {
     pub realistic: Option<f64>,
     /// Guests that run commands (Linux namespaces, needs root); else they only answer pings.
     pub process_guests: bool,
-    /// Guests that are real qemu-guest-agents in QEMU VMs, booted from the image
-    /// `cargo xtask guest-image` caches (wins over `process_guests`; the Inspect adapter's
-    /// self-check runs on both).
-    pub qemu_guests: bool,
 }
 
 /// A running simulator and how to reach it.
@@ -43,11 +39,18 @@ impl std::fmt::Debug for EmbeddedSim {
 
 /// Starts the simulator.
 pub async fn start_sim(opts: SimOptions) -> Result<EmbeddedSim, Error> {
+    start_sim_on(opts, false).await
+}
+
+/// Starts the simulator; with `qemu_guests`, its guests are real qemu-guest-agents in QEMU VMs
+/// booted from the image `cargo xtask guest-image` caches (the Inspect adapter runs Inspect's
+/// self-check on both kinds), instead of what `opts.process_guests` says.
+async fn start_sim_on(opts: SimOptions, qemu_guests: bool) -> Result<EmbeddedSim, Error> {
     let mut cfg = SimConfig::new();
     if let Some(f) = opts.realistic {
         cfg = cfg.latency(LatencyProfile::Realistic { time_factor: f });
     }
-    if opts.qemu_guests {
+    if qemu_guests {
         use pve_sim::guest::qemu::{GuestImage, QemuGuestFactory, QemuOptions};
         let image = GuestImage::locate().ok_or_else(|| Error::Config {
             field: "qemu guests".into(),
@@ -215,15 +218,24 @@ pub async fn start_demo_sim(time_factor: f64) -> Result<DemoSim, Error> {
         port: 0,
         realistic: Some(time_factor),
         process_guests: true,
-        qemu_guests: false,
     })
     .await
 }
 
 /// [`start_demo_sim`] with explicit simulator options (tests use instant tasks).
 pub async fn start_demo_sim_with(opts: SimOptions) -> Result<DemoSim, Error> {
+    demo_on(start_sim(opts).await?).await
+}
+
+/// [`start_demo_sim_with`] whose guests are real qemu-guest-agents in QEMU VMs (from the image
+/// `cargo xtask guest-image` caches) rather than process guests.
+pub async fn start_demo_sim_qemu(opts: SimOptions) -> Result<DemoSim, Error> {
+    demo_on(start_sim_on(opts, true).await?).await
+}
+
+/// The demo's world around a started simulator.
+async fn demo_on(sim: EmbeddedSim) -> Result<DemoSim, Error> {
     use sha2::Digest;
-    let sim = start_sim(opts).await?;
     // As an administrator would before using pvesandbox (`doctor` checks it): isolation is
     // PVE firewall rules, which only apply with the datacenter firewall on.
     let client = sim
