@@ -43,21 +43,10 @@ async fn settings(pool: &str) -> PyResult<Settings> {
         .map_err(|m| plain("config", m))
 }
 
-/// Variables that share the `PVESANDBOX_` prefix but are not settings (the settings loader
-/// reads every other `PVESANDBOX_*` variable as a field and refuses unknown ones).
-const NOT_SETTINGS: [&str; 4] = [
-    embedded::VAR,
-    embedded::SAMPLES_VAR,
-    "PVESANDBOX_GUEST",
-    "PVESANDBOX_GUEST_IMAGE",
-];
-
-/// Settings from the process environment and the files it names.
+/// Settings from the process environment and the files it names (the loader reads only
+/// `PVESANDBOX_<SECTION>__<FIELD>` variables, so the embedded-mode switches are not settings).
 fn load_settings() -> PyResult<Settings> {
-    let env: BTreeMap<String, String> = std::env::vars()
-        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
-        .collect();
-    Settings::load_from(None, &env).map_err(errors::lifecycle)
+    Settings::load(None).map_err(errors::lifecycle)
 }
 
 /// Parses a run id as `inspect sandbox cleanup pve <id>` or `pvesandbox` print it.

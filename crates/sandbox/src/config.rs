@@ -170,9 +170,11 @@ impl Settings {
             }
             fig = fig.merge(Json::file_exact(&path));
         }
+        // Only `PVESANDBOX_<SECTION>__<FIELD>` are settings; other PVESANDBOX_ variables
+        // belong to tools (the guest image, the test harness, the adapter's embedded mode).
         let ours = env
             .iter()
-            .filter(|(k, _)| k.starts_with("PVESANDBOX_") && k.as_str() != "PVESANDBOX_CONFIG")
+            .filter(|(k, _)| k.starts_with("PVESANDBOX_") && k.contains("__"))
             .map(|(k, v)| (k.clone(), v.clone()));
         // Our variables come from `env` (the process environment in `load`), not figment's
         // `Env` provider, so tests and the Python adapter can pass a map without touching the
@@ -448,6 +450,8 @@ mod tests {
             ("PROXMOX_HOST", "ignored-when-the-file-exists"),
             ("PVESANDBOX_RUN__TTL_MINUTES", "90"),
         ]);
+        let mut e = e;
+        e.insert("PVESANDBOX_GUEST_IMAGE".into(), "/somewhere".into());
         let s = Settings::load_from(Some(&ours), &e).unwrap();
         assert_eq!(s.instances.len(), 1);
         assert_eq!(s.instances[0].instance_id, "a");
