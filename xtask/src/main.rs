@@ -4,7 +4,7 @@
 //!   `cargo test --workspace` (fakepve, schema and guest tests fail loudly when `CI` is set),
 //!   then the guest-agent suites again on real qemu-guest-agent (`PVESANDBOX_GUEST=qemu`).
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
-//! - `cargo xtask bench [client|agent|pool]` — release-mode figures: REST calls and wall time of
+//! - `cargo xtask bench [client|agent|pool|sandbox]` — release-mode figures: REST calls and wall time of
 //!   the core flow; REST calls and p50/p99 of guest-agent exec and file transfers; leases per
 //!   second and acquire latency of the pool.
 //! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
@@ -140,6 +140,13 @@ fn main() -> Result<()> {
                 cmd!(
                     sh,
                     "cargo run --release --quiet -p pvesandbox-pool --example lease_bench"
+                )
+                .run()?;
+            }
+            if matches!(which, "all" | "sandbox") {
+                cmd!(
+                    sh,
+                    "cargo run --release --quiet -p pvesandbox --example sample_bench"
                 )
                 .run()?;
             }
