@@ -110,6 +110,15 @@ pub struct CleanupArgs {
     pub expired: bool,
 }
 
+/// `gc`.
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Eval configs whose templates stay (repeatable). Without any, every built-in image at
+    /// its current pin stays and everything else of ours goes (OVA imports, old pins).
+    #[arg(long, value_name = "PATH")]
+    pub keep: Vec<PathBuf>,
+}
+
 /// `sim`.
 #[derive(Args, Debug)]
 pub struct SimArgs {
@@ -413,6 +422,55 @@ pub async fn cleanup(ctx: &Ctx, a: CleanupArgs) -> Result<i32, Error> {
     let report = pvesandbox::cleanup(&settings.instances, &target).await?;
     print_report(ctx, &report);
     report.into_result().map(|_| 0)
+}
+
+/// `gc`.
+pub async fn gc(ctx: &Ctx, a: GcArgs) -> Result<i32, Error> {
+    let settings = ctx.proxmox_settings()?;
+    let keep: Vec<pvesandbox_templates::VmSource> = if a.keep.is_empty() {
+        pvesandbox_templates::BuiltIn::ALL
+            .into_iter()
+            .map(pvesandbox_templates::VmSource::BuiltIn)
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for p in &a.keep {
+            v.extend(
+                EvalConfig::from_file(p)?
+                    .vms_config
+                    .into_iter()
+                    .map(|vm| vm.vm_source_config),
+            );
+        }
+        v
+    };
+    let reports = pvesandbox::gc_templates(&settings, &keep).await?;
+    if ctx.json {
+        let v: Vec<_> = reports
+            .iter()
+            .map(|(i, r)| {
+                serde_json::json!({
+                    "instance": i,
+                    "templates": r.templates.iter().map(|v| v.0).collect::<Vec<_>>(),
+                    "volumes": r.volumes,
+                    "in_use": r.in_use.iter().map(|v| v.0).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        for (i, r) in &reports {
+            println!(
+                "{i}: removed {} template(s) {:?}, {} file(s) {:?}; kept {} with linked clones",
+                r.templates.len(),
+                r.templates.iter().map(|v| v.0).collect::<Vec<_>>(),
+                r.volumes.len(),
+                r.volumes,
+                r.in_use.len()
+            );
+        }
+    }
+    Ok(0)
 }
 
 /// `sim`: serves until Ctrl-C, printing the variables that point pvesandbox at it.

@@ -46,6 +46,23 @@ pub use lifecycle::{ProgressFn, Sample, SampleTimings, SandboxVm, Sandboxes, Tas
 pub use owner::{OwnerRecord, RunId};
 pub use vm::OwnedVm;
 
+/// Removes, on every configured instance, our templates and imported images that none of
+/// `keep` needs (built-ins are keyed by their image checksum, so a moved pin frees the old
+/// build). Never touches untagged VMs or templates with linked clones. Returns
+/// `(instance, report)` per instance.
+pub async fn gc_templates(
+    settings: &Settings,
+    keep: &[pvesandbox_templates::VmSource],
+) -> Result<Vec<(String, pvesandbox_templates::GcReport)>, Error> {
+    let mut out = Vec::new();
+    for i in &settings.instances {
+        let client = i.client().map_err(Error::from_pool)?;
+        let t = pvesandbox_templates::Templates::new(client, images::template_config(settings, i)?);
+        out.push((i.instance_id.clone(), t.gc(keep).await?));
+    }
+    Ok(out)
+}
+
 /// Every VM of ours in the cluster `client` talks to (one call).
 pub async fn owned_vms(client: &pve_client::PveClient) -> Result<Vec<OwnedVm>, Error> {
     Ok(vm::list_owned(client).await?)

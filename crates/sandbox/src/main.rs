@@ -51,6 +51,8 @@ enum Command {
     Down(commands::DownArgs),
     /// Remove what runs left behind: one run (`--run`), or everything expired (`--expired`).
     Cleanup(commands::CleanupArgs),
+    /// Remove templates and imported images no eval needs any more.
+    Gc(commands::GcArgs),
     /// Check that a Proxmox is ready for pvesandbox (version, privileges, storage, SDN, firewall).
     Doctor,
     /// Serve the Proxmox VE simulator on loopback (for trying clients by hand).
@@ -92,6 +94,7 @@ fn main() {
             Command::Ls => commands::ls(&ctx).await,
             Command::Down(a) => commands::down(&ctx, a).await,
             Command::Cleanup(a) => commands::cleanup(&ctx, a).await,
+            Command::Gc(a) => commands::gc(&ctx, a).await,
             Command::Doctor => doctor::run(&ctx).await,
             Command::Sim(a) => commands::sim(a).await,
         };

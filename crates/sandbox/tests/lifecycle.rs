@@ -390,3 +390,53 @@ async fn egress_is_off_unless_asked_for() {
         sample.cleanup(false).await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_keeps_what_evals_need_and_templates_with_clones() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let templates = || {
+        sim.sim()
+            .vmids()
+            .into_iter()
+            .filter(|id| {
+                sim.sim()
+                    .vm_config(*id)
+                    .is_some_and(|c| c.get("template").map(String::as_str) == Some("1"))
+            })
+            .collect::<Vec<_>>()
+    };
+    let tpl = templates();
+    assert_eq!(tpl.len(), 1);
+    let debian = one_vm().vms_config[0].vm_source_config.clone();
+    // Needed by the eval: kept.
+    let r = pvesandbox::gc_templates(&settings, std::slice::from_ref(&debian))
+        .await
+        .unwrap();
+    assert!(r[0].1.templates.is_empty(), "{r:?}");
+    // Needed by no one, but a linked clone still runs on it: kept and reported; the image
+    // it was imported from is needed by nothing any more.
+    let r = pvesandbox::gc_templates(&settings, &[]).await.unwrap();
+    assert!(!r[0].1.volumes.is_empty(), "{r:?}");
+    assert_eq!(
+        r[0].1.in_use.iter().map(|v| v.0).collect::<Vec<_>>(),
+        tpl,
+        "{r:?}"
+    );
+    assert_eq!(templates(), tpl);
+    sample.cleanup(false).await.unwrap();
+    // Needed by no one and unused: removed.
+    let r = pvesandbox::gc_templates(&settings, &[]).await.unwrap();
+    assert_eq!(
+        r[0].1.templates.iter().map(|v| v.0).collect::<Vec<_>>(),
+        tpl,
+        "{r:?}"
+    );
+    assert!(templates().is_empty());
+}
