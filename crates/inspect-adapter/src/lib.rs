@@ -31,9 +31,6 @@ use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::errors::{NativeError, plain};
 
-/// How long the sample-start probe of a sandbox user's home directory may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Settings from the usual sources (config file, `PROXMOX_*`, `PVESANDBOX_*`), plus the
 /// embedded simulator's instance in pool `pool` when that mode is on.
 async fn settings(pool: &str) -> PyResult<Settings> {
@@ -185,13 +182,8 @@ impl Task {
             let mut vms = Vec::new();
             for vm in sample.sandboxes() {
                 let user = users.get(vm.name()).cloned().flatten();
-                let agent = match (&user, vm.is_sandbox()) {
-                    (Some(u), true) => {
-                        let home = home_of(vm.agent(), u).await;
-                        vm.agent().clone().workdir(&home).file_user(u.clone())
-                    }
-                    _ => vm.agent().clone(),
-                };
+                // The lifecycle already works in the user's home and does files as the user.
+                let agent = vm.agent().clone();
                 vms.push(Sandbox {
                     vm: vm.clone(),
                     agent,
@@ -218,26 +210,6 @@ impl Task {
                 Err(e) => Err(errors::lifecycle(e)),
             }
         })
-    }
-}
-
-/// The home directory of `user` in the guest (where relative paths of a non-root sandbox
-/// resolve, as a container's working directory would), or `/home/<user>` when the user does
-/// not exist yet (a sample's setup may create it).
-async fn home_of(agent: &GuestAgent, user: &str) -> String {
-    let req = ExecRequest::new(["getent", "passwd", user])
-        .user("root")
-        .cwd("/")
-        .timeout(PROBE_TIMEOUT);
-    let fallback = format!("/home/{user}");
-    match agent.exec(&req).await {
-        Ok(out) if out.success() => String::from_utf8_lossy(&out.stdout)
-            .trim_end()
-            .split(':')
-            .nth(5)
-            .filter(|h| h.starts_with('/'))
-            .map_or(fallback, str::to_owned),
-        _ => fallback,
     }
 }
 

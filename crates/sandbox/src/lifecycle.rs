@@ -513,6 +513,20 @@ impl Sandboxes {
         for r in futures_util::future::join_all(waits).await {
             r?;
         }
+        // A sandbox with a `user` works in that user's home, as a container would: relative
+        // paths and commands without a cwd start there (root's /root is closed to them).
+        let homes = vms.iter().map(|v| async move {
+            match (&v.user, v.is_sandbox) {
+                (Some(u), true) => Some(home_of(&v.agent, u).await),
+                _ => None,
+            }
+        });
+        let homes = futures_util::future::join_all(homes).await;
+        for (vm, home) in vms.iter_mut().zip(homes) {
+            if let Some(h) = home {
+                vm.agent = vm.agent.clone().workdir(&h);
+            }
+        }
         timings.agents = t.elapsed();
         Ok(vms)
     }
@@ -534,6 +548,29 @@ impl Sandboxes {
         }
         report.failed.extend(leftover);
         report.into_result()
+    }
+}
+
+/// How long the probe of a sandbox user's home directory may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The home directory of `user` in the guest (where relative paths of a non-root sandbox
+/// resolve, as a container's working directory would), or `/home/<user>` when the user does
+/// not exist yet (a sample's setup may create it).
+async fn home_of(agent: &GuestAgent, user: &str) -> String {
+    let req = ExecRequest::new(["getent", "passwd", user])
+        .user("root")
+        .cwd("/")
+        .timeout(PROBE_TIMEOUT);
+    let fallback = format!("/home/{user}");
+    match agent.exec(&req).await {
+        Ok(out) if out.success() => String::from_utf8_lossy(&out.stdout)
+            .trim_end()
+            .split(':')
+            .nth(5)
+            .filter(|h| h.starts_with('/'))
+            .map_or(fallback, str::to_owned),
+        _ => fallback,
     }
 }
 
@@ -741,6 +778,10 @@ impl SandboxVm {
     /// Instance id.
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+    /// The user commands and file operations run as by default (`None`: root).
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
     }
     /// Whether commands run in it.
     pub fn is_sandbox(&self) -> bool {

@@ -440,3 +440,32 @@ async fn gc_keeps_what_evals_need_and_templates_with_clones() {
     );
     assert!(templates().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vm_with_a_user_runs_as_that_user_in_its_home() {
+    if !guests_available() {
+        return;
+    }
+    let (_sim, settings) = world().await;
+    let cfg = eval(
+        r#"{"vms_config": [{"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1, "user": "daemon"}]}"#,
+    );
+    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let vm = sample.get("default").unwrap();
+    assert_eq!(vm.user(), Some("daemon"));
+    let out = vm.exec(sh("id -un; pwd")).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "daemon\n/usr/sbin\n");
+    // Files as that user: /root is closed to it.
+    let err = vm.write_file("/root/x", b"x").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Agent(guest_agent::Error::PermissionDenied { .. })
+        ),
+        "{err:?}"
+    );
+    sample.cleanup(false).await.unwrap();
+}
