@@ -44,16 +44,7 @@ async fn up_ls_exec_cp_down() {
     Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
-    let mut env = sim.embedded().env();
-    let o = &settings.images.overrides["debian13"];
-    env.push((
-        "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__URL".into(),
-        o.url.clone(),
-    ));
-    env.push((
-        "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__SHA256".into(),
-        o.sha256.clone().unwrap(),
-    ));
+    let env = child_env(&sim, &settings);
     let cli = Cli { env };
     let dir = tempfile::tempdir().unwrap();
     let eval = dir.path().join("eval.yaml");

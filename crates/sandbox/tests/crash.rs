@@ -24,20 +24,7 @@ struct Child {
 
 impl Child {
     fn new(sim: &DemoSim, settings: &Settings, dir: &std::path::Path) -> Child {
-        let mut env = sim.embedded().env();
-        let o = &settings.images.overrides["debian13"];
-        env.push((
-            "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__URL".into(),
-            o.url.clone(),
-        ));
-        env.push((
-            "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__SHA256".into(),
-            o.sha256.clone().unwrap(),
-        ));
-        env.push((
-            "PVESANDBOX_IMAGES__CACHE_DIR".into(),
-            settings.images.cache_dir().display().to_string(),
-        ));
+        let env = child_env(sim, settings);
         let eval = dir.join("eval.json");
         std::fs::write(
             &eval,

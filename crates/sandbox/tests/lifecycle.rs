@@ -140,12 +140,7 @@ async fn a_failed_sample_init_undoes_everything_it_made() {
         return;
     }
     let (sim, settings) = world().await;
-    let cfg = eval(
-        r#"{"vms_config": [
-            {"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1},
-            {"vm_source_config": {"built_in": "debian13"}, "name": "b", "ram_mb": 512, "vcpus": 1}
-        ]}"#,
-    );
+    let cfg = two_vms();
     let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
         .await
         .unwrap();
@@ -297,12 +292,7 @@ async fn warm_network_two_linked_clones_and_teardown_rest_calls() {
         return;
     }
     let (sim, settings) = world().await;
-    let cfg = eval(
-        r#"{"vms_config": [
-            {"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1},
-            {"vm_source_config": {"built_in": "debian13"}, "name": "b", "ram_mb": 512, "vcpus": 1}
-        ]}"#,
-    );
+    let cfg = two_vms();
     let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
         .await
         .unwrap();

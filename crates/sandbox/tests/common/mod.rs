@@ -42,6 +42,36 @@ pub fn eval(json: &str) -> EvalConfig {
     EvalConfig::from_json(json).expect("valid eval config")
 }
 
+/// Two debian13 VMs (`default` and `b`) on an auto network.
+pub fn two_vms() -> EvalConfig {
+    eval(
+        r#"{"vms_config": [
+            {"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1},
+            {"vm_source_config": {"built_in": "debian13"}, "name": "b", "ram_mb": 512, "vcpus": 1}
+        ]}"#,
+    )
+}
+
+/// The environment a `pvesandbox` child process needs to reach the simulator and its
+/// image mirror exactly as `settings` do.
+pub fn child_env(sim: &DemoSim, settings: &Settings) -> Vec<(String, String)> {
+    let mut env = sim.embedded().env();
+    let o = &settings.images.overrides["debian13"];
+    env.push((
+        "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__URL".into(),
+        o.url.clone(),
+    ));
+    env.push((
+        "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__SHA256".into(),
+        o.sha256.clone().expect("the demo pins its images"),
+    ));
+    env.push((
+        "PVESANDBOX_IMAGES__CACHE_DIR".into(),
+        settings.images.cache_dir().display().to_string(),
+    ));
+    env
+}
+
 /// One debian13 VM on an auto network.
 pub fn one_vm() -> EvalConfig {
     eval(
