@@ -395,28 +395,38 @@ impl Sandboxes {
                 let record = OwnerRecord::here(&inner.run, state.seq, &name, run.ttl());
                 let pve_name = vm_name(&name, state.seq, &inner.run);
                 let storage = inst.handle.config().image_storage.clone();
-                // The clone call is the VM-id claim (allocate by creating); it carries the
-                // owner record and the run-bearing name from the first instant.
-                let (vmid, upid) = inst
+                // Clones from one storage run one at a time (PVE serialises them badly): the
+                // permit is held from the clone call until its task ended.
+                let permit = inst
                     .handle
-                    .allocate_vmid(|id| {
-                        let spec = crate::images::clone_base(
-                            id,
-                            &pve_name,
-                            &record,
-                            &storage,
-                            run.linked_clones,
-                        );
-                        let storage = &storage;
-                        async move {
-                            let _permit = inst.handle.clone_permit(storage).await;
-                            pvesandbox_templates::start_clone(client, template, &spec).await
-                        }
-                    })
+                    .clone_permit(&storage)
                     .await
                     .map_err(|e| (step.clone(), Error::from(e)))?;
+                // The clone call is the VM-id claim (allocate by creating); it carries the
+                // owner record and the run-bearing name from the first instant.
+                let (vmid, upid) =
+                    inst.handle
+                        .allocate_vmid(|id| {
+                            let spec = crate::images::clone_base(
+                                id,
+                                &pve_name,
+                                &record,
+                                &storage,
+                                run.linked_clones,
+                            );
+                            async move {
+                                pvesandbox_templates::start_clone(client, template, &spec).await
+                            }
+                        })
+                        .await
+                        .map_err(|e| (step.clone(), Error::from(e)))?;
                 lock(&state.vms).push((vmid.0, name.clone()));
                 let _ = first_tx.send(true);
+                client
+                    .wait_task(&upid, pve_client::WaitOptions::with_timeout(CLONE_TIMEOUT))
+                    .await
+                    .map_err(|e| (step.clone(), Error::from(e)))?;
+                drop(permit);
                 let network = net.await.map_err(|m| {
                     (
                         "network".to_owned(),
@@ -446,7 +456,7 @@ impl Sandboxes {
                     template,
                     &spec,
                     &upid,
-                    pve_client::WaitOptions::with_timeout(Duration::from_secs(600)),
+                    pve_client::WaitOptions::with_timeout(CLONE_TIMEOUT),
                 )
                 .await
                 .map_err(|e| (step.clone(), Error::from(e)))?;
@@ -550,6 +560,9 @@ impl Sandboxes {
         report.into_result()
     }
 }
+
+/// How long one clone (and its configuration) may take.
+const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long the probe of a sandbox user's home directory may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
