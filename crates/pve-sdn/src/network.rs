@@ -472,7 +472,7 @@ async fn auto(
     };
     made.push(Made::Vnet(vnet.clone()));
     let subnet = SubnetInfo {
-        id: format!("{zone}-{}-{}", net.network(), net.prefix()),
+        id: subnet_id(&zone, &net),
         cidr: net.to_string(),
         gateway: net.host(1).to_string(),
         snat: opts.egress == Egress::Internet,
@@ -481,16 +481,9 @@ async fn auto(
             end: net.host(100).to_string(),
         }],
     };
-    let path = format!("/cluster/sdn/vnets/{vnet}/subnets");
-    if let Err(e) = client.post(&path, &subnet_params(&subnet)).await {
-        let cause = SdnError::api(format!("POST {path} ({})", subnet.cidr), e);
-        return Err(undo(
-            client,
-            made,
-            format!("creating subnet {}", subnet.cidr),
-            cause,
-        )
-        .await);
+    if let Err(cause) = create_subnet(client, &vnet, &subnet).await {
+        let step = format!("creating subnet {}", subnet.cidr);
+        return Err(undo(client, made, step, cause).await);
     }
     made.push(Made::Subnet {
         vnet: vnet.clone(),
@@ -507,6 +500,25 @@ async fn auto(
         egress: opts.egress,
     };
     Ok((network, made))
+}
+
+/// PVE's id of a subnet: `<zone>-<network>-<prefix>`.
+fn subnet_id(zone: &str, net: &Ipv4Net) -> String {
+    format!("{zone}-{}-{}", net.network(), net.prefix())
+}
+
+/// `POST /cluster/sdn/vnets/{vnet}/subnets` for `subnet`.
+async fn create_subnet(
+    client: &PveClient,
+    vnet: &str,
+    subnet: &SubnetInfo,
+) -> Result<(), SdnError> {
+    let path = format!("/cluster/sdn/vnets/{vnet}/subnets");
+    client
+        .post(&path, &subnet_params(subnet))
+        .await
+        .map(drop)
+        .map_err(|e| SdnError::api(format!("POST {path} ({})", subnet.cidr), e))
 }
 
 async fn topology(
@@ -536,22 +548,15 @@ async fn topology(
         for s in &vc.subnets {
             let net: Ipv4Net = s.cidr.parse().expect("validated");
             let info = SubnetInfo {
-                id: format!("{zone}-{}-{}", net.network(), net.prefix()),
+                id: subnet_id(&zone, &net),
                 cidr: net.to_string(),
                 gateway: s.gateway.trim().to_owned(),
                 snat: s.snat,
                 dhcp_ranges: s.dhcp_ranges.clone(),
             };
-            let path = format!("/cluster/sdn/vnets/{vnet}/subnets");
-            if let Err(e) = client.post(&path, &subnet_params(&info)).await {
-                let cause = SdnError::api(format!("POST {path} ({})", info.cidr), e);
-                return Err(undo(
-                    client,
-                    made,
-                    format!("creating subnet {}", info.cidr),
-                    cause,
-                )
-                .await);
+            if let Err(cause) = create_subnet(client, vnet, &info).await {
+                let step = format!("creating subnet {}", info.cidr);
+                return Err(undo(client, made, step, cause).await);
             }
             made.push(Made::Subnet {
                 vnet: vnet.clone(),

@@ -271,31 +271,7 @@ impl State {
         flock_vm: Option<u32>,
         effect: TaskEffect,
     ) -> String {
-        self.next_pid += 1;
-        let pid = self.next_pid;
-        let pstart = (self.boot.elapsed().as_millis() as u64 / 10) + 0x1B58;
-        let starttime = unix_now();
-        let upid = format!(
-            "UPID:{node}:{pid:08X}:{pstart:08X}:{:08X}:{worker}:{id}:{user}:",
-            starttime as u32
-        );
-        self.tasks.insert(
-            upid.clone(),
-            Task {
-                upid: upid.clone(),
-                node: node.into(),
-                kind: worker.into(),
-                id: id.into(),
-                user: user.into(),
-                starttime,
-                pid,
-                pstart,
-                exitstatus: None,
-                endtime: None,
-                log: Vec::new(),
-            },
-        );
-        self.task_order.push(upid.clone());
+        let upid = self.begin_task(node, user, worker, id);
         let duration = shared.cfg.latency.duration(kind);
         if duration.is_zero() {
             let outcome = effect(self);
