@@ -133,8 +133,11 @@ pub async fn cleanup_instance(
     // Runs that still have live (kept) VMs keep their networks too.
     let mut live_runs: BTreeMap<String, ()> = BTreeMap::new();
     let mut doomed = Vec::new();
-    for vm in &owned {
-        match decide(client, vm, target).await {
+    // Expired candidates cost one config read each; read them all at once.
+    let decisions =
+        futures_util::future::join_all(owned.iter().map(|vm| decide(client, vm, target))).await;
+    for (vm, decision) in owned.iter().zip(decisions) {
+        match decision {
             Decision::Remove => doomed.push(vm.clone()),
             Decision::Keep => {
                 report

@@ -310,7 +310,7 @@ impl Sandboxes {
         &self,
         state: &Arc<SampleState>,
         first_vm: tokio::sync::watch::Receiver<bool>,
-        started: Arc<StdMutex<Option<(Instant, Duration)>>>,
+        took: Arc<StdMutex<Option<Duration>>>,
     ) -> Result<(SharedNet, NetFailure), Error> {
         let inner = self.inner.clone();
         let inst_id = state.instance.clone();
@@ -349,7 +349,7 @@ impl Sandboxes {
                 &applier,
             )
             .await;
-            *lock(&started) = Some((t, t.elapsed()));
+            *lock(&took) = Some(t.elapsed());
             match r {
                 Ok(net) => {
                     *lock(&state.network) = Some(net.clone());
@@ -376,7 +376,7 @@ impl Sandboxes {
         let inst = &inner.instances[&state.instance];
         let run = &inner.settings.run;
         let (first_tx, first_rx) = tokio::sync::watch::channel(false);
-        let net_time: Arc<StdMutex<Option<(Instant, Duration)>>> = Arc::default();
+        let net_time: Arc<StdMutex<Option<Duration>>> = Arc::default();
         let (net, net_failure) = self
             .network_future(state, first_rx, net_time.clone())
             .map_err(|e| ("network".to_owned(), e))?;
@@ -505,7 +505,7 @@ impl Sandboxes {
         }
         results.extend(futures_util::future::join_all(batch).await);
         timings.vms = t.elapsed();
-        timings.network = lock(&net_time).map(|(_, d)| d).unwrap_or_default();
+        timings.network = lock(&net_time).unwrap_or_default();
         // The network's own typed error beats the VMs' "network failed" echoes.
         if let Some(e) = lock(&net_failure).take() {
             return Err(("network".to_owned(), Error::from(e)));
