@@ -79,6 +79,18 @@ pub async fn ensure_firewall_base(client: &PveClient, blocked: &[String]) -> Res
             );
             if let Err(e) = client.post("/cluster/firewall/groups", &p).await {
                 // Another process created it first: fine.
+                if e.is_permission_denied() {
+                    // Creating datacenter-wide firewall objects takes Sys.Modify on `/`, which
+                    // the sandbox token should not hold for anything else: say who can fix it.
+                    return Err(SdnError::api(
+                        format!(
+                            "POST /cluster/firewall/groups (egress needs the security group \
+                             {EGRESS_GROUP}, created once with Sys.Modify on /: run the first \
+                             egress task with an administrator's token, or grant Sys.Modify)"
+                        ),
+                        e,
+                    ));
+                }
                 if !e.is_already_exists() {
                     return Err(SdnError::api("POST /cluster/firewall/groups", e));
                 }

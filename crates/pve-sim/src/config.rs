@@ -144,7 +144,9 @@ pub struct SimConfig {
     /// get-osinfo, get-host-name and network-get-interfaces that knows no exec or file
     /// commands (PVE then answers `Agent error: The command guest-exec has not been found`).
     pub guests: Option<GuestBackend>,
-    /// Privileges every principal holds on `/` (`GET /access/permissions`); `None`: all of
+    /// Privileges every principal but `root@pam` holds on `/`, propagated: what
+    /// `GET /access/permissions` answers and what every request is checked against (403
+    /// `Permission check failed (path, privilege)`, see [`crate::access`]); `None`: all of
     /// them, as root has.
     pub privileges: Option<Vec<String>>,
 }

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 mod config;
 mod error;
 mod faults;

@@ -1,6 +1,7 @@
 //! HTTP(S) plumbing: accept loop, request parsing, authentication, validation, faults,
 //! dispatch, the `{"data": ...}` envelope and the request log.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access;
 use crate::error::ApiError;
 use crate::handlers::{self, Ctx, UploadInfo};
 use crate::log::LoggedRequest;
@@ -379,6 +381,11 @@ async fn process(
     for (k, v) in vars {
         params.insert(k, vec![v]);
     }
+    // PVE checks permissions before it verifies parameters (`rest_handler`).
+    let held = access::held(&shared.cfg, &user);
+    if let Err(e) = authorize(shared, method, route.path, &params, held) {
+        return (name, Err(e));
+    }
     let errors = spec::validate(route, &params);
     if !errors.is_empty() {
         return (name, Err(ApiError::params(errors)));
@@ -445,7 +452,7 @@ async fn process(
         }
         if !handlers::is_agent(route.path) {
             let result = handlers::dispatch(shared, &mut st, &ctx);
-            return (name, result);
+            return (name, result.map(|v| filter_listing(route.path, v, held)));
         }
         handlers::check_node(shared, &ctx).and_then(|()| handlers::agent::prepare(&st, &ctx))
     };
@@ -455,6 +462,48 @@ async fn process(
         Err(e) => Err(e),
     };
     (name, result)
+}
+
+/// The route's own rule, then what its handler checks for these parameters.
+fn authorize(
+    shared: &Shared,
+    method: &str,
+    route: &str,
+    params: &RawParams,
+    held: Option<&[String]>,
+) -> Result<(), ApiError> {
+    let flat: BTreeMap<String, String> = params
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.first()?.clone())))
+        .collect();
+    access::evaluate(&access::required(method, route), held, &flat, "")?;
+    let zone_of = |vnet: &str| {
+        let st = shared.lock();
+        let sdn = &st.sdn;
+        [&sdn.pending, &sdn.running]
+            .into_iter()
+            .find_map(|c| c.vnets.get(vnet)?.get("zone").cloned())
+    };
+    for (path, check) in access::handler_checks(method, route, &flat, &zone_of) {
+        access::evaluate(&check, held, &flat, &path)?;
+    }
+    Ok(())
+}
+
+/// Drops the entries of a `user: all` listing the caller may not see, as PVE's handlers do.
+fn filter_listing(route: &str, v: Value, held: Option<&[String]>) -> Value {
+    match v {
+        Value::Array(items) if held.is_some() => Value::Array(
+            items
+                .into_iter()
+                .filter(|e| {
+                    access::list_filter(route, e["type"].as_str())
+                        .is_none_or(|privs| access::has_any(held, privs))
+                })
+                .collect(),
+        ),
+        v => v,
+    }
 }
 
 /// Waits for a VM's config-file lock like PVE (up to the lock timeout); the error is PVE's

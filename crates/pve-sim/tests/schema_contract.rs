@@ -430,3 +430,97 @@ fn checker_reports_each_kind_of_difference() {
     ];
     assert_eq!(diffs, expected, "\n{}", diffs.join("\n"));
 }
+
+/// A permission rule in one comparable shape: the schema's `check` arrays with their
+/// trailing options (`"any", 1`, `"require_param", "pool"`) turned into a sorted map.
+fn norm_check(c: &Value) -> Value {
+    let Some(items) = c.as_array() else {
+        return json!({"unknown": c});
+    };
+    match items.first().and_then(Value::as_str) {
+        Some("perm") => {
+            let opts: BTreeMap<String, Value> = items[3..]
+                .chunks(2)
+                .map(|kv| (kv[0].as_str().unwrap_or("?").to_owned(), kv[1].clone()))
+                .collect();
+            json!(["perm", items[1], items[2], opts])
+        }
+        Some(op @ ("and" | "or")) => {
+            let mut out = vec![json!(op)];
+            out.extend(items[1..].iter().map(norm_check));
+            Value::Array(out)
+        }
+        _ => json!({"unknown": c}),
+    }
+}
+
+fn theirs_permission(method: &Value) -> Value {
+    match method.get("permissions") {
+        None => json!("root@pam only"),
+        Some(p) => match (p.get("check"), p.get("user")) {
+            (Some(c), _) => norm_check(c),
+            (None, Some(u)) => json!({"user": u}),
+            _ => json!({"unknown": p}),
+        },
+    }
+}
+
+fn ours_permission(c: &pve_sim::access::Check) -> Value {
+    use pve_sim::access::Check;
+    match c {
+        Check::RootOnly => json!("root@pam only"),
+        Check::World => json!({"user": "world"}),
+        Check::All => json!({"user": "all"}),
+        Check::Perm {
+            path,
+            privs,
+            any,
+            require_param,
+        } => {
+            let mut opts = BTreeMap::new();
+            if *any {
+                opts.insert("any".to_owned(), json!(1));
+            }
+            if let Some(p) = require_param {
+                opts.insert("require_param".to_owned(), json!(p));
+            }
+            json!(["perm", path, privs, opts])
+        }
+        Check::And(cs) | Check::Or(cs) => {
+            let op = if matches!(c, Check::And(_)) {
+                "and"
+            } else {
+                "or"
+            };
+            let mut out = vec![json!(op)];
+            out.extend(cs.iter().map(ours_permission));
+            Value::Array(out)
+        }
+    }
+}
+
+#[test]
+fn permission_rules_match_schema() {
+    let Some(schema) = schema() else { return };
+    let methods = methods(schema);
+    let mut diffs = Vec::new();
+    for route in spec::routes() {
+        let Some(method) = methods.get(&(route.method.to_owned(), route.path.to_owned())) else {
+            continue; // routes_match_schema reports it
+        };
+        let ours = ours_permission(&pve_sim::access::required(route.method, route.path));
+        let theirs = theirs_permission(method);
+        if ours != theirs {
+            diffs.push(format!(
+                "{} {}: ours {ours}, schema {theirs}",
+                route.method, route.path
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} permission difference(s) between src/access.rs and the PVE schema:\n{}\n",
+        diffs.len(),
+        diffs.join("\n")
+    );
+}

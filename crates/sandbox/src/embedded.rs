@@ -27,6 +27,8 @@ pub struct EmbeddedSim {
     sim: PveSim,
     token_id: String,
     token_secret: String,
+    admin_user: String,
+    admin_password: String,
 }
 
 impl std::fmt::Debug for EmbeddedSim {
@@ -72,7 +74,17 @@ async fn start_sim_on(opts: SimOptions, qemu_guests: bool) -> Result<EmbeddedSim
             fix: "the simulator's guests need Linux user+mount+pid namespaces (run as root or allow unprivileged user namespaces)".into(),
         })?;
     }
+    // The token holds exactly what the README tells administrators to grant (the same list
+    // `doctor` checks and nested-pve grants), and the simulator refuses the rest with PVE's
+    // 403: every test and the demo prove that list suffices. root@pam stays the administrator.
+    cfg.privileges = Some(
+        crate::privileges::PRIVILEGES
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect(),
+    );
     let (token_id, token_secret) = cfg.tokens[0].clone();
+    let (admin_user, admin_password) = cfg.users[0].clone();
     let sim = PveSim::start_on(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, opts.port)))
         .await
         .map_err(|e| Error::Config {
@@ -84,6 +96,8 @@ async fn start_sim_on(opts: SimOptions, qemu_guests: bool) -> Result<EmbeddedSim
         sim,
         token_id,
         token_secret,
+        admin_user,
+        admin_password,
     })
 }
 
@@ -116,6 +130,23 @@ impl EmbeddedSim {
         }))
         .expect("a valid instance config")
     }
+    /// A client logged in as the simulator's administrator (`root@pam`, every privilege),
+    /// for what an administrator prepares once; sandboxes use [`EmbeddedSim::instance`]'s
+    /// least-privileged token.
+    pub fn admin_client(&self) -> Result<pve_client::PveClient, Error> {
+        let mut cfg = self.instance("admin", "admin", 1);
+        let (user, realm) = self
+            .admin_user
+            .split_once('@')
+            .unwrap_or((self.admin_user.as_str(), "pam"));
+        cfg.token_id = None;
+        cfg.token_secret = None;
+        cfg.user = Some(user.to_owned());
+        cfg.user_realm = Some(realm.to_owned());
+        cfg.password = Some(self.admin_password.clone());
+        cfg.client().map_err(Error::from_pool)
+    }
+
     /// The `PROXMOX_*` variables that point pvesandbox (or the peer) at it.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut v = vec![
@@ -238,11 +269,7 @@ async fn demo_on(sim: EmbeddedSim) -> Result<DemoSim, Error> {
     use sha2::Digest;
     // As an administrator would before using pvesandbox (`doctor` checks it): isolation is
     // PVE firewall rules, which only apply with the datacenter firewall on.
-    let client = sim
-        .instance("sim", "default", 1)
-        .client()
-        .map_err(Error::from_pool)?;
-    client
+    sim.admin_client()?
         .put(
             "/cluster/firewall/options",
             &pve_client::Params::new().with("enable", 1),

@@ -32,8 +32,10 @@ pub const PRIVILEGES: &[&str] = &[
     "VM.GuestAgent.FileRead",
     "VM.GuestAgent.FileWrite",
     "VM.GuestAgent.Unrestricted",
-    // Storage: disks, image import and uploads.
+    // Storage: disks, image import and uploads; `gc` deleting imported images no template
+    // needs any more (PVE wants Datastore.Allocate to delete a volume).
     "Datastore.Audit",
+    "Datastore.Allocate",
     "Datastore.AllocateSpace",
     "Datastore.AllocateTemplate",
     // download-url: the node fetches template images itself.

@@ -350,6 +350,20 @@ async fn egress_is_off_unless_asked_for() {
     for egress in [false, true] {
         let (sim, mut settings) = world().await;
         settings.run.egress = egress;
+        if egress {
+            // The sandbox token lacks Sys.Modify, which creating the datacenter-wide egress
+            // group takes: the first egress task says so, and works once an admin made it.
+            let err = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("Sys.Modify") && err.contains("administrator"),
+                "{err}"
+            );
+            let admin = sim.embedded().admin_client().unwrap();
+            pve_sdn::ensure_firewall_base(&admin, &[]).await.unwrap();
+        }
         let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
             .await
             .unwrap();

@@ -377,10 +377,10 @@ pub(crate) const ALL_PRIVILEGES: &[&str] = &[
 ];
 
 /// `GET /access/permissions`: `{path: {privilege: propagate}}` for the caller (or `userid`).
-/// The simulator grants every principal the privileges in `SimConfig::privileges` (all of
+/// The simulator grants every principal but `root@pam` the privileges in `SimConfig::privileges` (all of
 /// them by default) on `/`, propagated, as an Administrator ACL on `/` does.
 fn permissions(cfg: &crate::SimConfig, ctx: &Ctx) -> Value {
-    let privs: Vec<&str> = match &cfg.privileges {
+    let privs: Vec<&str> = match crate::access::held(cfg, &ctx.user) {
         Some(p) => p.iter().map(String::as_str).collect(),
         None => ALL_PRIVILEGES.to_vec(),
     };
