@@ -48,11 +48,15 @@ pub async fn sim() -> PveSim {
 
 impl Raw {
     pub async fn login(sim: &PveSim) -> Raw {
+        Self::login_as(sim, "root@pam", "secret").await
+    }
+
+    pub async fn login_as(sim: &PveSim, user: &str, password: &str) -> Raw {
         let http = http();
         let base = format!("{}/api2/json", sim.url());
         let r: Value = http
             .post(format!("{base}/access/ticket"))
-            .form(&[("username", "root@pam"), ("password", "secret")])
+            .form(&[("username", user), ("password", password)])
             .send()
             .await
             .unwrap()
