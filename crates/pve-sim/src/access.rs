@@ -189,7 +189,8 @@ pub(crate) fn handler_checks(
     route: &str,
     params: &BTreeMap<String, String>,
     zone_of: &dyn Fn(&str) -> Option<String>,
-) -> Vec<(String, Check)> {
+    is_root: bool,
+) -> Result<Vec<(String, Check)>, ApiError> {
     const SDN_ALLOCATE: &[&str] = &["SDN.Allocate"];
     let vnet_path = |vnet: &str| {
         format!(
@@ -221,6 +222,31 @@ pub(crate) fn handler_checks(
         ("POST", "/nodes/{node}/qemu") | ("POST" | "PUT", "/nodes/{node}/qemu/{vmid}/config")
     );
     if configures {
+        let deleted = params.get("delete").map(String::as_str).unwrap_or_default();
+        let deleted = deleted.split([',', ';', ' ']).filter(|k| !k.is_empty());
+        let set = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(k, _)| !NOT_CONFIG_KEYS.contains(k));
+        for (opt, value) in set.chain(deleted.map(|k| (k, ""))) {
+            match config_key_privs(opt, value) {
+                KeyRule::Privs(privs, any_one) => out.push((
+                    String::new(),
+                    Check::Perm {
+                        path: if privs == ["Sys.Modify"] { "/" } else { VM },
+                        privs,
+                        any: any_one,
+                        require_param: None,
+                    },
+                )),
+                KeyRule::RootOnly if !is_root => {
+                    return Err(ApiError::internal(format!(
+                        "only root can set '{opt}' config"
+                    )));
+                }
+                KeyRule::RootOnly | KeyRule::Elsewhere => {}
+            }
+        }
         for (k, v) in params {
             let first = v.split(',').next().unwrap_or_default();
             if k.starts_with("net") && k[3..].parse::<u32>().is_ok() {
@@ -247,7 +273,91 @@ pub(crate) fn handler_checks(
             any("", &["Datastore.AllocateSpace"]),
         ));
     }
-    out
+    Ok(out)
+}
+
+/// Parameters of the config and create routes that are not VM config keys.
+const NOT_CONFIG_KEYS: &[&str] = &[
+    "node",
+    "vmid",
+    "delete",
+    "digest",
+    "revert",
+    "skiplock",
+    "background_delay",
+    "force",
+    "pool",
+    "archive",
+    "storage",
+    "start",
+    "unique",
+    "bwlimit",
+    "live-restore",
+    "import-working-storage",
+];
+
+/// What changing one config key needs (qemu-server's `check_vm_modify_config_perm`).
+enum KeyRule {
+    /// These privileges on the VM (`true`: any one of them).
+    Privs(&'static [&'static str], bool),
+    /// Refused to everyone but root@pam.
+    RootOnly,
+    /// Checked by value elsewhere (drives, the storage they land on, serial sockets).
+    Elsewhere,
+}
+
+fn config_key_privs(opt: &str, value: &str) -> KeyRule {
+    let base = opt.trim_end_matches(|c: char| c.is_ascii_digit());
+    let indexed = base.len() < opt.len();
+    match (base, indexed) {
+        (
+            "cores" | "cpu" | "cpulimit" | "cpuunits" | "numa" | "smp" | "sockets" | "vcpus"
+            | "affinity",
+            false,
+        )
+        | ("numa", true) => KeyRule::Privs(&["VM.Config.CPU"], false),
+        ("memory" | "balloon" | "shares", false) => KeyRule::Privs(&["VM.Config.Memory"], false),
+        (
+            "acpi" | "hotplug" | "kvm" | "machine" | "scsihw" | "smbios1" | "tablet" | "vga"
+            | "watchdog" | "audio",
+            _,
+        ) => KeyRule::Privs(&["VM.Config.HWType"], false),
+        (
+            "agent" | "autostart" | "bios" | "description" | "keyboard" | "localtime"
+            | "migrate_downtime" | "migrate_speed" | "name" | "onboot" | "ostype" | "protection"
+            | "reboot" | "startdate" | "tdf" | "template" | "tags",
+            false,
+        ) => KeyRule::Privs(&["VM.Config.Options"], false),
+        // It changes how the host boots its guests.
+        ("startup", false) => KeyRule::Privs(&["Sys.Modify"], false),
+        ("freeze", false) => KeyRule::Privs(&["VM.PowerMgmt"], false),
+        ("boot" | "bootdisk" | "vmstatestorage", false) | ("unused", true) => {
+            KeyRule::Privs(&["VM.Config.Disk"], false)
+        }
+        ("cdrom", false) => KeyRule::Privs(&["VM.Config.CDROM"], false),
+        ("ide" | "sata" | "scsi" | "virtio" | "efidisk" | "tpmstate", true) => {
+            if value.contains("media=cdrom") {
+                KeyRule::Privs(&["VM.Config.CDROM"], false)
+            } else {
+                KeyRule::Privs(&["VM.Config.Disk"], false)
+            }
+        }
+        ("net", true) => KeyRule::Privs(&["VM.Config.Network"], false),
+        (
+            "cicustom" | "cipassword" | "citype" | "ciuser" | "ciupgrade" | "nameserver"
+            | "searchdomain" | "sshkeys",
+            false,
+        )
+        | ("ipconfig", true) => KeyRule::Privs(&["VM.Config.Cloudinit", "VM.Config.Network"], true),
+        ("vmstate", false) => KeyRule::Privs(&["VM.Config.Disk", "VM.PowerMgmt"], false),
+        // A socket is virtual hardware; a host device is root's.
+        ("serial", true) if value.is_empty() || value == "socket" => {
+            KeyRule::Privs(&["VM.Config.HWType"], false)
+        }
+        ("args" | "hookscript" | "lock", false) | ("hostpci" | "serial", true) => KeyRule::RootOnly,
+        // Keys this table does not know: the schema's any-of `VM.Config.*` already held.
+        _ => KeyRule::Elsewhere,
+    }
 }
 
 fn is_disk_key(k: &str) -> bool {
@@ -411,6 +521,51 @@ mod tests {
     }
 
     #[test]
+    fn each_config_key_needs_its_own_privilege() {
+        let route = "/nodes/{node}/qemu/{vmid}/config";
+        let zone = |_: &str| None;
+        let run = |kv: &[(&str, &str)], held: &[&str]| {
+            let p = params(kv);
+            let held = privs(held);
+            handler_checks("PUT", route, &p, &zone, false).and_then(|checks| {
+                checks
+                    .iter()
+                    .try_for_each(|(path, c)| evaluate(c, Some(&held), &p, path))
+            })
+        };
+        let vm = [("vmid", "105")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            vm.iter().chain(extra).copied().collect::<Vec<_>>()
+        };
+        // Memory is not CPU, and deleting a key is changing it.
+        assert!(run(&with(&[("memory", "512")]), &["VM.Config.Memory"]).is_ok());
+        let err = run(
+            &with(&[("memory", "512"), ("cores", "2")]),
+            &["VM.Config.Memory"],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.message,
+            "Permission check failed (/vms/105, VM.Config.CPU)"
+        );
+        let err = run(&with(&[("delete", "tags,memory")]), &["VM.Config.Memory"]).unwrap_err();
+        assert_eq!(
+            err.message,
+            "Permission check failed (/vms/105, VM.Config.Options)"
+        );
+        // A cloud-init key takes either of two privileges.
+        assert!(run(&with(&[("ipconfig0", "ip=dhcp")]), &["VM.Config.Network"]).is_ok());
+        // Some keys are root's whatever the privileges, with PVE's 500.
+        let err = run(&with(&[("args", "-S")]), &["VM.Config.Options"]).unwrap_err();
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (500, "only root can set 'args' config")
+        );
+        assert!(run(&with(&[("serial0", "socket")]), &["VM.Config.HWType"]).is_ok());
+        assert!(run(&with(&[("serial0", "/dev/ttyS0")]), &["VM.Config.HWType"]).is_err());
+    }
+
+    #[test]
     fn nics_need_sdn_use_and_new_disks_allocate_space() {
         let p = params(&[
             ("vmid", "105"),
@@ -419,7 +574,12 @@ mod tests {
             ("scsi0", "local-lvm:vm-105-disk-0,size=4G"),
         ]);
         let zone = |v: &str| (v == "Zab12s0").then(|| "Zab12s0".to_owned());
-        let checks = handler_checks("POST", "/nodes/{node}/qemu/{vmid}/config", &p, &zone);
+        let checks: Vec<_> =
+            handler_checks("POST", "/nodes/{node}/qemu/{vmid}/config", &p, &zone, false)
+                .unwrap()
+                .into_iter()
+                .filter(|(p, _)| !p.is_empty())
+                .collect();
         let paths: Vec<&str> = checks.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["/sdn/zones/Zab12s0/Zab12s0", "/storage/local-lvm"]);
         let err = evaluate(

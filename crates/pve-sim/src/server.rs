@@ -383,7 +383,7 @@ async fn process(
     }
     // PVE checks permissions before it verifies parameters (`rest_handler`).
     let held = access::held(&shared.cfg, &user);
-    if let Err(e) = authorize(shared, method, route.path, &params, held) {
+    if let Err(e) = authorize(shared, method, route.path, &params, &user, held) {
         return (name, Err(e));
     }
     let errors = spec::validate(route, &params);
@@ -470,6 +470,7 @@ fn authorize(
     method: &str,
     route: &str,
     params: &RawParams,
+    user: &str,
     held: Option<&[String]>,
 ) -> Result<(), ApiError> {
     let flat: BTreeMap<String, String> = params
@@ -484,7 +485,8 @@ fn authorize(
             .into_iter()
             .find_map(|c| c.vnets.get(vnet)?.get("zone").cloned())
     };
-    for (path, check) in access::handler_checks(method, route, &flat, &zone_of) {
+    let is_root = user == "root@pam";
+    for (path, check) in access::handler_checks(method, route, &flat, &zone_of, is_root)? {
         access::evaluate(&check, held, &flat, &path)?;
     }
     Ok(())
