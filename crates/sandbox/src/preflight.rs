@@ -92,7 +92,8 @@ pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
             ),
         },
     );
-    privileges(&client, &mut push).await;
+    let have = privileges(&client, &mut push).await;
+    egress(&client, have.as_ref(), &mut push).await;
     storages(&client, cfg, &mut push).await;
     match client.get("/cluster/sdn/zones", &Params::new()).await {
         Ok(_) => push(
@@ -118,7 +119,11 @@ pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
     out
 }
 
-async fn privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Status, String)) {
+/// Checks [`PRIVILEGES`]; returns what the token holds on `/` when it could be read.
+async fn privileges(
+    client: &PveClient,
+    push: &mut impl FnMut(&'static str, Status, String),
+) -> Option<serde_json::Value> {
     match client
         .get("/access/permissions", &Params::new().with("path", "/"))
         .await
@@ -147,11 +152,57 @@ async fn privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Stat
                     ),
                 );
             }
+            Some(have)
         }
-        Err(e) => push(
-            "privileges",
-            Status::Fail,
-            format!("cannot read permissions: {e}"),
+        Err(e) => {
+            push(
+                "privileges",
+                Status::Fail,
+                format!("cannot read permissions: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// `run.egress` needs a datacenter security group; creating it takes Sys.Modify on `/`,
+/// which [`PRIVILEGES`] leaves out on purpose: say whether this token can run egress tasks.
+async fn egress(
+    client: &PveClient,
+    have: Option<&serde_json::Value>,
+    push: &mut impl FnMut(&'static str, Status, String),
+) {
+    let group = pve_sdn::EGRESS_GROUP;
+    let path = format!("/cluster/firewall/groups/{group}");
+    let exists = match client.get(&path, &Params::new()).await {
+        Ok(serde_json::Value::Array(rules)) => !rules.is_empty(),
+        Ok(_) => false,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => {
+            push("egress", Status::Warn, format!("cannot read {path}: {e}"));
+            return;
+        }
+    };
+    let can_create = have.is_some_and(|h| h.get("Sys.Modify").is_some());
+    match (exists, can_create) {
+        (true, _) => push(
+            "egress",
+            Status::Pass,
+            format!("security group {group} present: `run.egress = true` works with this token"),
+        ),
+        (false, true) => push(
+            "egress",
+            Status::Pass,
+            format!(
+                "security group {group} absent; this token creates it on the first `run.egress = true` task"
+            ),
+        ),
+        (false, false) => push(
+            "egress",
+            Status::Warn,
+            format!(
+                "security group {group} absent and this token may not create it (Sys.Modify on /): matters only with `run.egress = true`; run the first egress task once with an administrator's token, or grant Sys.Modify"
+            ),
         ),
     }
 }

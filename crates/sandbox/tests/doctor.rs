@@ -82,3 +82,32 @@ async fn missing_privileges_are_listed_with_the_role_that_grants_them() {
     );
     assert!(detail.contains("pveum role add PVESandbox"), "{detail}");
 }
+
+#[tokio::test]
+async fn egress_readiness_follows_the_group_and_sys_modify() {
+    let mut cfg = SimConfig::new();
+    cfg.privileges = Some(PRIVILEGES.iter().map(|p| p.to_string()).collect());
+    let sim = PveSim::start(cfg).await.unwrap();
+    let inst = instance(&sim, "local-lvm");
+    // The documented role lacks Sys.Modify: egress needs an administrator once.
+    let (s, detail) = status(&check_instance(&inst).await, "egress");
+    assert_eq!(s, Status::Warn, "{detail}");
+    assert!(detail.contains("Sys.Modify"), "{detail}");
+    // The same token cannot create the group itself (the simulator enforces PVE's rule)...
+    let token = inst.client().unwrap();
+    let err = pve_sdn::ensure_firewall_base(&token, &[])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("administrator"), "{err}");
+    // ...an administrator can, and then the token is ready for egress.
+    let admin: InstanceConfig = serde_json::from_value(serde_json::json!({
+        "instance_id": "admin", "pool_id": "default", "host": "127.0.0.1",
+        "port": sim.addr().port(), "node": "pve1", "user": "root", "user_realm": "pam",
+        "password": sim.config().users[0].1, "fingerprint": sim.fingerprint(),
+    }))
+    .unwrap();
+    let admin = admin.client().unwrap();
+    pve_sdn::ensure_firewall_base(&admin, &[]).await.unwrap();
+    let (s, detail) = status(&check_instance(&inst).await, "egress");
+    assert_eq!(s, Status::Pass, "{detail}");
+}
