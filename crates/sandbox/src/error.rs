@@ -123,6 +123,23 @@ impl Error {
         }
     }
 
+    /// What to do next, when the cause is one the user fixes outside pvesandbox: today a
+    /// privilege the token lacks (PVE's 403), wherever in the chain it was wrapped.
+    pub fn hint(&self) -> Option<&'static str> {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if e.downcast_ref::<pve_client::Error>()
+                .is_some_and(pve_client::Error::is_permission_denied)
+            {
+                return Some(
+                    "the API token lacks a privilege: `pvesandbox doctor` lists what is missing and the pveum commands that grant it",
+                );
+            }
+            cause = e.source();
+        }
+        None
+    }
+
     /// The process exit code the CLI uses for this error (documented in `pvesandbox --help`).
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -139,5 +156,38 @@ impl Error {
             Error::Cleanup { .. } => 7,
             Error::Timeout { .. } => 8,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_403_anywhere_in_the_chain_points_at_doctor() {
+        let denied = pve_client::Error::Api {
+            method: "POST",
+            path: "/nodes/pve1/qemu/100/agent/exec".into(),
+            status: 403,
+            message: "Permission check failed (/vms/100, VM.GuestAgent.Unrestricted)".into(),
+            errors: Default::default(),
+        };
+        let wrapped = Error::Sdn(pve_sdn::SdnError::Api {
+            what: "POST /cluster/sdn/zones".into(),
+            source: denied,
+        });
+        assert!(
+            wrapped
+                .hint()
+                .is_some_and(|h| h.contains("pvesandbox doctor"))
+        );
+        let other = pve_client::Error::Api {
+            method: "GET",
+            path: "/nodes/pve1/qemu/100/config".into(),
+            status: 500,
+            message: "Configuration file 'nodes/pve1/qemu-server/100.conf' does not exist".into(),
+            errors: Default::default(),
+        };
+        assert_eq!(Error::Api(other).hint(), None);
     }
 }

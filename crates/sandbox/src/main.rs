@@ -104,10 +104,13 @@ fn main() {
                 if ctx.json {
                     println!(
                         "{}",
-                        serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
+                        serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code(), "hint": e.hint()})
                     );
                 } else {
                     eprintln!("pvesandbox: {e}");
+                    if let Some(h) = e.hint() {
+                        eprintln!("hint: {h}");
+                    }
                 }
                 e.exit_code()
             }
