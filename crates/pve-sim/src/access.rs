@@ -180,100 +180,377 @@ pub fn required(method: &str, route: &str) -> Check {
     }
 }
 
-/// What a `user: all` handler checks by itself before acting (PVE says it in the method's
-/// description), or what a handler adds to the schema's rule for some parameters: `SDN.Use`
-/// on the vnet a NIC joins and `Datastore.AllocateSpace` on a storage a new disk lands on.
-/// `params` are the request's (first values); `zone_of` finds a vnet's zone.
-pub(crate) fn handler_checks(
+/// Who is asking: `root@pam` passes every check; anyone else holds `held` on every path
+/// (`None`: all privileges, a simulator configured without a list).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller<'a> {
+    /// The caller is `root@pam` itself (not one of its tokens).
+    pub root: bool,
+    /// Privileges held on `/`, propagated.
+    pub held: Option<&'a [String]>,
+}
+
+impl<'a> Caller<'a> {
+    /// The caller `user` of a simulator configured with `cfg`.
+    pub(crate) fn of(cfg: &'a crate::SimConfig, user: &str) -> Self {
+        Caller {
+            root: user == "root@pam",
+            held: cfg.privileges.as_deref(),
+        }
+    }
+
+    /// Privileges it holds on `/`; `None`: all of them.
+    pub(crate) fn privileges(&self) -> Option<&'a [String]> {
+        if self.root { None } else { self.held }
+    }
+
+    /// Whether it holds one of `privs`.
+    pub(crate) fn has_any(&self, privs: &[&str]) -> bool {
+        self.privileges()
+            .is_none_or(|h| privs.iter().any(|p| h.iter().any(|x| x == p)))
+    }
+}
+
+/// What handlers need to know of the cluster to decide.
+pub(crate) trait World {
+    /// The zone of a vnet (pending config first, as PVE reads `sdn/vnets.cfg`).
+    fn zone_of(&self, vnet: &str) -> Option<String>;
+    /// A VM's current config.
+    fn vm_config(&self, vmid: u32) -> Option<BTreeMap<String, String>>;
+}
+
+/// A handler's refusal, and whether PVE raises it inside the task it already started (an
+/// async `POST .../config` then answers a UPID whose task fails with this message).
+#[derive(Debug)]
+pub(crate) struct Denied {
+    /// The answer.
+    pub error: ApiError,
+    /// Raised by the worker, not before it.
+    pub in_worker: bool,
+}
+
+/// What a handler checks by itself once the schema's rule passed and the parameters were
+/// verified: `user: all` methods' prose rules, and what qemu-server adds per parameter
+/// (each config key's privilege, `Datastore.AllocateSpace` where a disk is allocated,
+/// `SDN.Use` on the vnet a NIC joins or leaves, drives and tags in the worker).
+pub(crate) fn handler_check(
     method: &str,
     route: &str,
     params: &BTreeMap<String, String>,
-    zone_of: &dyn Fn(&str) -> Option<String>,
-    is_root: bool,
-) -> Result<Vec<(String, Check)>, ApiError> {
-    const SDN_ALLOCATE: &[&str] = &["SDN.Allocate"];
-    let vnet_path = |vnet: &str| {
-        format!(
-            "/sdn/zones/{}/{vnet}",
-            zone_of(vnet).unwrap_or_else(|| "localnetwork".into())
-        )
+    world: &dyn World,
+    caller: Caller<'_>,
+) -> Result<(), Denied> {
+    if caller.root {
+        return Ok(());
+    }
+    let mut steps = Steps {
+        caller,
+        params,
+        in_worker: false,
     };
-    let mut out = Vec::new();
+    let vmid: u32 = params.get("vmid").and_then(|v| v.parse().ok()).unwrap_or(0);
     if let Some(vnet) = params.get("vnet")
         && route.starts_with("/cluster/sdn/vnets/{vnet}")
     {
-        let privs = if method == "GET" {
+        let privs: &[&str] = if method == "GET" {
             SDN_SEE
         } else {
-            SDN_ALLOCATE
+            &["SDN.Allocate"]
         };
-        out.push((vnet_path(vnet), any("", privs)));
+        steps.any(&vnet_path(world, vnet, None), privs)?;
     }
     match (method, route) {
-        ("POST", "/nodes/{node}/qemu") => out.push((String::new(), CREATE)),
-        ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => out.push((
-            String::new(),
-            perm("/storage/{storage}", &["Datastore.Allocate"]),
-        )),
+        ("POST", "/nodes/{node}/qemu") => {
+            steps.check("", &CREATE)?;
+            steps.config_keys(params, &[], vmid)?;
+            // Serial ports at creation here; an update checks them under the config lock.
+            for (opt, value) in params.iter().filter(|(k, _)| is_indexed(k, "serial")) {
+                if value == "socket" {
+                    steps.all(&vm_path(vmid), &["VM.Config.HWType"])?;
+                } else {
+                    steps
+                        .root_only(format!("only root can set '{opt}' config for real devices"))?;
+                }
+            }
+            steps.storage_access(params)?;
+            steps.bridge_access(world, params.iter())?;
+            // create_vm checks tags inside its worker.
+            steps.in_worker = true;
+            if params.contains_key("tags") {
+                steps.all(&vm_path(vmid), &["VM.Config.Options"])?;
+            }
+        }
+        ("POST" | "PUT", "/nodes/{node}/qemu/{vmid}/config") => {
+            let delete = split_list(params.get("delete").map(String::as_str).unwrap_or(""));
+            steps.config_keys(params, &delete, vmid)?;
+            steps.storage_access(params)?;
+            steps.bridge_access(world, params.iter())?;
+            // The rest runs under the config lock, in the worker for the async POST.
+            steps.in_worker = method == "POST";
+            let current = world.vm_config(vmid).unwrap_or_default();
+            for opt in &delete {
+                let Some(old) = current.get(*opt) else {
+                    continue;
+                };
+                steps.changed_key(world, vmid, opt, Some(old), None)?;
+            }
+            for (opt, new) in params {
+                steps.changed_key(world, vmid, opt, current.get(opt), Some(new))?;
+            }
+        }
+        ("POST", "/nodes/{node}/qemu/{vmid}/clone") => {
+            let source = world.vm_config(vmid).unwrap_or_default();
+            for (opt, value) in &source {
+                if !is_disk_key(opt) || is_cdrom(value) || value == "none" {
+                    continue;
+                }
+                let storage = params
+                    .get("storage")
+                    .cloned()
+                    .or_else(|| drive_file(value).split_once(':').map(|(s, _)| s.to_owned()));
+                if let Some(storage) = storage {
+                    steps.all(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+                }
+            }
+            if let Some(s) = source.get("vmstatestorage") {
+                steps.all(&format!("/storage/{s}"), &["Datastore.AllocateSpace"])?;
+            }
+            steps.bridge_access(world, source.iter())?;
+        }
+        ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            steps.check("", &perm("/storage/{storage}", &["Datastore.Allocate"]))?;
+        }
         _ => {}
     }
-    let configures = matches!(
-        (method, route),
-        ("POST", "/nodes/{node}/qemu") | ("POST" | "PUT", "/nodes/{node}/qemu/{vmid}/config")
-    );
-    if configures {
-        let deleted = params.get("delete").map(String::as_str).unwrap_or_default();
-        let deleted = deleted.split([',', ';', ' ']).filter(|k| !k.is_empty());
+    Ok(())
+}
+
+/// Checks evaluated in order; the first failure is the answer.
+struct Steps<'a> {
+    caller: Caller<'a>,
+    params: &'a BTreeMap<String, String>,
+    in_worker: bool,
+}
+
+impl Steps<'_> {
+    fn deny(&self, error: ApiError) -> Denied {
+        Denied {
+            error,
+            in_worker: self.in_worker,
+        }
+    }
+
+    fn check(&self, path: &str, check: &Check) -> Result<(), Denied> {
+        evaluate(check, self.caller, self.params, path).map_err(|e| self.deny(e))
+    }
+
+    fn all(&self, path: &str, privs: &'static [&'static str]) -> Result<(), Denied> {
+        self.check(path, &perm("", privs))
+    }
+
+    fn any(&self, path: &str, privs: &'static [&'static str]) -> Result<(), Denied> {
+        self.check(path, &any("", privs))
+    }
+
+    fn root_only(&self, message: String) -> Result<(), Denied> {
+        Err(self.deny(ApiError::internal(message)))
+    }
+
+    /// qemu-server's `check_vm_modify_config_perm` over set and deleted keys.
+    fn config_keys(
+        &self,
+        params: &BTreeMap<String, String>,
+        delete: &[&str],
+        vmid: u32,
+    ) -> Result<(), Denied> {
         let set = params
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .filter(|(k, _)| !NOT_CONFIG_KEYS.contains(k));
-        for (opt, value) in set.chain(deleted.map(|k| (k, ""))) {
-            match config_key_privs(opt, value) {
-                KeyRule::Privs(privs, any_one) => out.push((
-                    String::new(),
-                    Check::Perm {
-                        path: if privs == ["Sys.Modify"] { "/" } else { VM },
-                        privs,
-                        any: any_one,
-                        require_param: None,
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !NOT_CONFIG_KEYS.contains(k));
+        for opt in delete.iter().copied().chain(set) {
+            match config_key_rule(opt) {
+                KeyRule::Privs(privs, true) => self.any(&vm_path(vmid), privs)?,
+                KeyRule::Privs(privs, false) => self.all(&vm_path(vmid), privs)?,
+                KeyRule::Startup => {
+                    self.all(&vm_path(vmid), &["VM.Config.Options"])?;
+                    self.all("/", &["Sys.Modify"])?;
+                }
+                KeyRule::Elsewhere => {}
+                KeyRule::RootOnly => self.root_only(format!("only root can set '{opt}' config"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `Datastore.AllocateSpace` on every storage a new disk is allocated on.
+    fn storage_access(&self, params: &BTreeMap<String, String>) -> Result<(), Denied> {
+        for (opt, value) in params {
+            if !is_disk_key(opt) || is_cdrom(value) {
+                continue;
+            }
+            if let Some(storage) = new_disk_storage(drive_file(value)) {
+                let storage = match storage {
+                    Some(s) => s.to_owned(),
+                    None => match params.get("storage") {
+                        Some(s) => s.clone(),
+                        None => continue,
                     },
-                )),
-                KeyRule::RootOnly if !is_root => {
-                    return Err(ApiError::internal(format!(
-                        "only root can set '{opt}' config"
-                    )));
-                }
-                KeyRule::RootOnly | KeyRule::Elsewhere => {}
+                };
+                self.all(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
             }
         }
-        for (k, v) in params {
-            let first = v.split(',').next().unwrap_or_default();
-            if k.starts_with("net") && k[3..].parse::<u32>().is_ok() {
-                // `virtio=MAC,bridge=vnet,...` or `model=...,bridge=...`.
-                if let Some(bridge) = v.split(',').find_map(|p| p.strip_prefix("bridge=")) {
-                    out.push((vnet_path(bridge), any("", &["SDN.Use"])));
-                }
-            } else if let Some((storage, size)) = first.split_once(':')
-                && is_disk_key(k)
-                && (size.parse::<f64>().is_ok() || v.contains("import-from="))
+        if let Some(s) = params.get("vmstatestorage") {
+            self.all(&format!("/storage/{s}"), &["Datastore.AllocateSpace"])?;
+        }
+        Ok(())
+    }
+
+    /// `SDN.Use` on the vnet (and VLAN tag) of every NIC in `conf`.
+    fn bridge_access<'k>(
+        &self,
+        world: &dyn World,
+        conf: impl Iterator<Item = (&'k String, &'k String)>,
+    ) -> Result<(), Denied> {
+        for (opt, value) in conf {
+            if is_indexed(opt, "net")
+                && let Some((bridge, tag)) = nic_bridge(value)
             {
-                out.push((
-                    format!("/storage/{storage}"),
-                    any("", &["Datastore.AllocateSpace"]),
-                ));
+                self.all(&vnet_path(world, bridge, tag), &["SDN.Use"])?;
             }
         }
+        Ok(())
     }
-    if (method, route) == ("POST", "/nodes/{node}/qemu/{vmid}/clone")
-        && let Some(storage) = params.get("storage")
-    {
-        out.push((
-            format!("/storage/{storage}"),
-            any("", &["Datastore.AllocateSpace"]),
-        ));
+
+    /// What qemu-server checks under the config lock for one key being set (`new`) or
+    /// deleted (`new` = `None`), given its current value `old`.
+    fn changed_key(
+        &self,
+        world: &dyn World,
+        vmid: u32,
+        opt: &str,
+        old: Option<&String>,
+        new: Option<&String>,
+    ) -> Result<(), Denied> {
+        let vm = vm_path(vmid);
+        if is_disk_key(opt) {
+            for v in old.into_iter().chain(new) {
+                if is_cloudinit(v) {
+                    self.all(&vm, &["VM.Config.Cloudinit", "VM.Config.CDROM"])?;
+                } else if is_cdrom(v) {
+                    self.all(&vm, &["VM.Config.CDROM"])?;
+                } else {
+                    self.all(&vm, &["VM.Config.Disk"])?;
+                }
+            }
+        } else if is_indexed(opt, "unused") && new.is_none() {
+            self.all(&vm, &["VM.Config.Disk"])?;
+        } else if is_indexed(opt, "serial") {
+            let socket = |v: Option<&String>| v.is_none_or(|v| v == "socket");
+            match new {
+                None if old.is_some_and(|v| v == "socket") => {
+                    self.all(&vm, &["VM.Config.HWType"])?
+                }
+                None => self.root_only(format!(
+                    "only root can delete '{opt}' config for real devices"
+                ))?,
+                Some(n) if socket(old) && n == "socket" => self.all(&vm, &["VM.Config.HWType"])?,
+                Some(_) => self.root_only(format!(
+                    "only root can modify '{opt}' config for real devices"
+                ))?,
+            }
+        } else if opt == "tags" {
+            self.all(&vm, &["VM.Config.Options"])?;
+        } else if is_indexed(opt, "net")
+            && let Some((bridge, tag)) = old.and_then(|v| nic_bridge(v))
+        {
+            self.all(&vnet_path(world, bridge, tag), &["SDN.Use"])?;
+        }
+        Ok(())
     }
-    Ok(out)
+}
+
+fn vm_path(vmid: u32) -> String {
+    format!("/vms/{vmid}")
+}
+
+/// `/sdn/zones/<zone>/<vnet>[/<tag>]`; a plain Linux bridge is in zone `localnetwork`.
+fn vnet_path(world: &dyn World, vnet: &str, tag: Option<&str>) -> String {
+    let zone = world
+        .zone_of(vnet)
+        .unwrap_or_else(|| "localnetwork".to_owned());
+    match tag {
+        Some(t) => format!("/sdn/zones/{zone}/{vnet}/{t}"),
+        None => format!("/sdn/zones/{zone}/{vnet}"),
+    }
+}
+
+/// A NIC's bridge and VLAN tag from `virtio=MAC,bridge=X,tag=N,...`.
+fn nic_bridge(value: &str) -> Option<(&str, Option<&str>)> {
+    let mut bridge = None;
+    let mut tag = None;
+    for part in value.split(',') {
+        if let Some(b) = part.strip_prefix("bridge=") {
+            bridge = Some(b);
+        } else if let Some(t) = part.strip_prefix("tag=") {
+            tag = Some(t);
+        }
+    }
+    Some((bridge?, tag))
+}
+
+/// PVE's `split_list`: whitespace, commas, semicolons and NULs separate; `cdrom` is `ide2`.
+fn split_list(list: &str) -> Vec<&str> {
+    list.split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '\0'))
+        .filter(|k| !k.is_empty())
+        .map(|k| if k == "cdrom" { "ide2" } else { k })
+        .collect()
+}
+
+/// `opt` is `base` followed by a number (`net0`, `unused3`).
+fn is_indexed(opt: &str, base: &str) -> bool {
+    opt.strip_prefix(base)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn is_disk_key(k: &str) -> bool {
+    ["ide", "sata", "scsi", "virtio", "efidisk", "tpmstate"]
+        .iter()
+        .any(|b| is_indexed(k, b))
+}
+
+/// A drive's volume: the `file=` property, or the leading one written without its key.
+fn drive_file(value: &str) -> &str {
+    value
+        .split(',')
+        .find_map(|p| p.strip_prefix("file="))
+        .or_else(|| value.split(',').next().filter(|p| !p.contains('=')))
+        .unwrap_or_default()
+}
+
+fn is_cdrom(value: &str) -> bool {
+    value.split(',').any(|p| p == "media=cdrom") || drive_file(value) == "cdrom"
+}
+
+fn is_cloudinit(value: &str) -> bool {
+    let file = drive_file(value);
+    file == "cloudinit"
+        || file
+            .rsplit(':')
+            .next()
+            .is_some_and(|v| v.ends_with("cloudinit"))
+}
+
+/// For a volume that asks for a new disk (`[storage:]size`, PVE's `NEW_DISK_RE`): its
+/// storage, if named.
+fn new_disk_storage(file: &str) -> Option<Option<&str>> {
+    let (storage, size) = match file.split_once(':') {
+        Some((s, size)) if !s.is_empty() && !s.contains(['/', ' ']) => (Some(s), size),
+        Some(_) => return None,
+        None => (None, file),
+    };
+    let (whole, frac) = size.split_once('.').unwrap_or((size, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(whole) && digits(frac)).then_some(storage)
 }
 
 /// Parameters of the config and create routes that are not VM config keys.
@@ -300,77 +577,52 @@ const NOT_CONFIG_KEYS: &[&str] = &[
 enum KeyRule {
     /// These privileges on the VM (`true`: any one of them).
     Privs(&'static [&'static str], bool),
-    /// Refused to everyone but root@pam.
-    RootOnly,
-    /// Checked by value elsewhere (drives, the storage they land on, serial sockets).
+    /// VM.Config.Options on the VM and Sys.Modify on `/`: it changes how the host boots.
+    Startup,
+    /// Checked by value elsewhere (drives, serial/usb/PCI devices, tags).
     Elsewhere,
+    /// Anything else: root@pam's alone, new options included.
+    RootOnly,
 }
 
-fn config_key_privs(opt: &str, value: &str) -> KeyRule {
-    let base = opt.trim_end_matches(|c: char| c.is_ascii_digit());
-    let indexed = base.len() < opt.len();
-    match (base, indexed) {
-        (
-            "cores" | "cpu" | "cpulimit" | "cpuunits" | "numa" | "smp" | "sockets" | "vcpus"
-            | "affinity",
-            false,
-        )
-        | ("numa", true) => KeyRule::Privs(&["VM.Config.CPU"], false),
-        ("memory" | "balloon" | "shares", false) => KeyRule::Privs(&["VM.Config.Memory"], false),
-        (
-            "acpi" | "hotplug" | "kvm" | "machine" | "scsihw" | "smbios1" | "tablet" | "vga"
-            | "watchdog" | "audio",
-            _,
-        ) => KeyRule::Privs(&["VM.Config.HWType"], false),
-        (
-            "agent" | "autostart" | "bios" | "description" | "keyboard" | "localtime"
-            | "migrate_downtime" | "migrate_speed" | "name" | "onboot" | "ostype" | "protection"
-            | "reboot" | "startdate" | "tdf" | "template" | "tags",
-            false,
-        ) => KeyRule::Privs(&["VM.Config.Options"], false),
-        // It changes how the host boots its guests.
-        ("startup", false) => KeyRule::Privs(&["Sys.Modify"], false),
-        ("freeze", false) => KeyRule::Privs(&["VM.PowerMgmt"], false),
-        ("boot" | "bootdisk" | "vmstatestorage", false) | ("unused", true) => {
-            KeyRule::Privs(&["VM.Config.Disk"], false)
-        }
-        ("cdrom", false) => KeyRule::Privs(&["VM.Config.CDROM"], false),
-        ("ide" | "sata" | "scsi" | "virtio" | "efidisk" | "tpmstate", true) => {
-            if value.contains("media=cdrom") {
-                KeyRule::Privs(&["VM.Config.CDROM"], false)
-            } else {
-                KeyRule::Privs(&["VM.Config.Disk"], false)
-            }
-        }
-        ("net", true) => KeyRule::Privs(&["VM.Config.Network"], false),
-        (
-            "cicustom" | "cipassword" | "citype" | "ciuser" | "ciupgrade" | "nameserver"
-            | "searchdomain" | "sshkeys",
-            false,
-        )
-        | ("ipconfig", true) => KeyRule::Privs(&["VM.Config.Cloudinit", "VM.Config.Network"], true),
-        ("vmstate", false) => KeyRule::Privs(&["VM.Config.Disk", "VM.PowerMgmt"], false),
-        // A socket is virtual hardware; a host device is root's.
-        ("serial", true) if value.is_empty() || value == "socket" => {
-            KeyRule::Privs(&["VM.Config.HWType"], false)
-        }
-        ("args" | "hookscript" | "lock", false) | ("hostpci" | "serial", true) => KeyRule::RootOnly,
-        // Keys this table does not know: the schema's any-of `VM.Config.*` already held.
-        _ => KeyRule::Elsewhere,
+fn config_key_rule(opt: &str) -> KeyRule {
+    const ELSEWHERE: &[&str] = &["unused", "serial", "usb", "hostpci", "virtiofs"];
+    if is_disk_key(opt) || opt == "cdrom" || opt == "tags" {
+        return KeyRule::Elsewhere;
     }
-}
-
-fn is_disk_key(k: &str) -> bool {
-    let bus = k.trim_end_matches(|c: char| c.is_ascii_digit());
-    bus.len() < k.len()
-        && matches!(
-            bus,
-            "scsi" | "virtio" | "sata" | "ide" | "efidisk" | "tpmstate"
-        )
+    if ELSEWHERE.iter().any(|b| is_indexed(opt, b)) {
+        return KeyRule::Elsewhere;
+    }
+    let privs: &'static [&'static str] = match opt {
+        "cores" | "cpu" | "runningcpu" | "cpulimit" | "cpuunits" | "numa" | "smp" | "sockets"
+        | "vcpus" => &["VM.Config.CPU"],
+        _ if is_indexed(opt, "numa") => &["VM.Config.CPU"],
+        "memory" | "balloon" | "shares" | "allow-ksm" => &["VM.Config.Memory"],
+        "acpi" | "hotplug" | "kvm" | "machine" | "runningmachine" | "scsihw" | "smbios1"
+        | "tablet" | "vga" | "watchdog" | "audio0" | "rng0" => &["VM.Config.HWType"],
+        "startup" => return KeyRule::Startup,
+        "agent" | "autostart" | "bios" | "description" | "keyboard" | "localtime"
+        | "migrate_downtime" | "migrate_speed" | "name" | "onboot" | "ostype" | "protection"
+        | "reboot" | "startdate" | "tdf" | "template" => &["VM.Config.Options"],
+        "freeze" => &["VM.PowerMgmt"],
+        "boot" | "bootdisk" | "vmstatestorage" => &["VM.Config.Disk"],
+        "running-nets-host-mtu" => &["VM.Config.Network"],
+        _ if is_indexed(opt, "net") => &["VM.Config.Network"],
+        "cicustom" | "cipassword" | "citype" | "ciuser" | "ciupgrade" | "nameserver"
+        | "searchdomain" | "sshkeys" => {
+            return KeyRule::Privs(&["VM.Config.Cloudinit", "VM.Config.Network"], true);
+        }
+        _ if is_indexed(opt, "ipconfig") => {
+            return KeyRule::Privs(&["VM.Config.Cloudinit", "VM.Config.Network"], true);
+        }
+        "vmstate" => &["VM.Config.Disk", "VM.PowerMgmt"],
+        _ => return KeyRule::RootOnly,
+    };
+    KeyRule::Privs(privs, false)
 }
 
 /// For a `user: all` listing: the privileges (any one) an entry needs to be shown, keyed by
-/// the entry's `type` for `/cluster/resources` (`None` key: every entry).
+/// the entry's `type` for `/cluster/resources` (`None`: the route's every entry).
 pub(crate) fn list_filter(
     route: &str,
     entry_type: Option<&str>,
@@ -379,37 +631,26 @@ pub(crate) fn list_filter(
         ("/cluster/resources", Some("qemu" | "lxc")) | ("/nodes/{node}/qemu", _) => {
             Some(&["VM.Audit"])
         }
-        ("/cluster/resources", Some("storage")) | ("/nodes/{node}/storage", _) => {
-            Some(&["Datastore.Audit", "Datastore.AllocateSpace"])
-        }
-        ("/cluster/resources", Some("sdn" | "network"))
-        | ("/cluster/sdn/zones" | "/cluster/sdn/vnets", _)
-        | ("/cluster/sdn/ipams/{ipam}/status", _) => Some(SDN_SEE),
-        ("/cluster/sdn/vnets/{vnet}/subnets", _) => Some(SDN_SEE),
-        ("/pools", _) => Some(&["Pool.Audit"]),
+        ("/cluster/resources", Some("storage")) => Some(&["Datastore.Audit"]),
+        ("/nodes/{node}/storage", _) => Some(&["Datastore.Audit", "Datastore.AllocateSpace"]),
+        ("/cluster/resources", Some("sdn" | "network")) => Some(&["SDN.Audit"]),
+        ("/cluster/resources", Some("pool")) | ("/pools", _) => Some(&["Pool.Audit"]),
+        (
+            "/cluster/sdn/zones"
+            | "/cluster/sdn/vnets"
+            | "/cluster/sdn/vnets/{vnet}/subnets"
+            | "/cluster/sdn/ipams/{ipam}/status",
+            _,
+        ) => Some(SDN_SEE),
         _ => None,
     }
 }
 
-/// The privileges `user` holds on every path; `None`: all of them (`root@pam`, or a
-/// simulator configured without a privilege list).
-pub(crate) fn held<'a>(cfg: &'a crate::SimConfig, user: &str) -> Option<&'a [String]> {
-    if user == "root@pam" {
-        return None;
-    }
-    cfg.privileges.as_deref()
-}
-
-/// Whether `held` grants one of `privs`.
-pub(crate) fn has_any(held: Option<&[String]>, privs: &[&str]) -> bool {
-    held.is_none_or(|h| privs.iter().any(|p| h.iter().any(|x| x == p)))
-}
-
-/// Evaluates `check` for a principal holding `held`; `path` overrides the test's own path
-/// (already resolved by [`handler_checks`]) when not empty.
+/// Evaluates `check` for `caller`; `path` overrides the test's own path (already resolved
+/// by the handler) when not empty.
 pub(crate) fn evaluate(
     check: &Check,
-    held: Option<&[String]>,
+    caller: Caller<'_>,
     params: &BTreeMap<String, String>,
     path: &str,
 ) -> Result<(), ApiError> {
@@ -424,7 +665,7 @@ pub(crate) fn evaluate(
     };
     match check {
         Check::World | Check::All => Ok(()),
-        Check::RootOnly if held.is_none() => Ok(()),
+        _ if caller.root => Ok(()),
         Check::RootOnly => Err(denied(Some("user != root@pam".into()))),
         Check::Perm {
             path: template,
@@ -441,21 +682,26 @@ pub(crate) fn evaluate(
                 path.to_owned()
             };
             if *any {
-                if has_any(held, privs) {
+                if caller.has_any(privs) {
                     Ok(())
                 } else {
                     Err(denied(Some(format!("{path}, {}", privs.join("|")))))
                 }
             } else {
-                match privs.iter().find(|p| !has_any(held, &[p])) {
+                match privs.iter().find(|p| !caller.has_any(&[p])) {
                     None => Ok(()),
                     Some(p) => Err(denied(Some(format!("{path}, {p}")))),
                 }
             }
         }
-        Check::And(all) => all.iter().try_for_each(|c| evaluate(c, held, params, path)),
+        Check::And(all) => all
+            .iter()
+            .try_for_each(|c| evaluate(c, caller, params, path)),
         Check::Or(one) => {
-            if one.iter().any(|c| evaluate(c, held, params, path).is_ok()) {
+            if one
+                .iter()
+                .any(|c| evaluate(c, caller, params, path).is_ok())
+            {
                 Ok(())
             } else {
                 Err(denied(None))
@@ -487,26 +733,45 @@ mod tests {
         p.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    fn token(held: &[String]) -> Caller<'_> {
+        Caller {
+            root: false,
+            held: Some(held),
+        }
+    }
+
+    /// A cluster with VM 105 (`current`) and vnet `vnetA` in zone `zoneA`.
+    struct Fake(BTreeMap<String, String>);
+    impl World for Fake {
+        fn zone_of(&self, vnet: &str) -> Option<String> {
+            (vnet == "vnetA").then(|| "zoneA".to_owned())
+        }
+        fn vm_config(&self, vmid: u32) -> Option<BTreeMap<String, String>> {
+            (vmid == 105).then(|| self.0.clone())
+        }
+    }
+
     #[test]
     fn messages_name_the_path_and_the_missing_privilege() {
         let p = params(&[("vmid", "105"), ("newid", "200")]);
         let clone = required("POST", "/nodes/{node}/qemu/{vmid}/clone");
         let some = privs(&["VM.Allocate"]);
-        let err = evaluate(&clone, Some(&some), &p, "").unwrap_err();
+        let err = evaluate(&clone, token(&some), &p, "").unwrap_err();
         assert_eq!(
             (err.status, err.message.as_str()),
             (403, "Permission check failed (/vms/105, VM.Clone)")
         );
         // `or` answers bare, as PVE's raise_perm_exc() without an argument does.
         let only_clone = privs(&["VM.Clone"]);
-        let err = evaluate(&clone, Some(&only_clone), &p, "").unwrap_err();
+        let err = evaluate(&clone, token(&only_clone), &p, "").unwrap_err();
         assert_eq!(err.message, "Permission check failed");
         let both = privs(&["VM.Clone", "VM.Allocate"]);
-        assert!(evaluate(&clone, Some(&both), &p, "").is_ok());
+        assert!(evaluate(&clone, token(&both), &p, "").is_ok());
         // `any` lists every privilege that would have done.
+        let audit = privs(&["VM.Audit"]);
         let err = evaluate(
             &required("POST", "/nodes/{node}/qemu/{vmid}/agent/file-write"),
-            Some(&privs(&["VM.Audit"])),
+            token(&audit),
             &p,
             "",
         )
@@ -515,83 +780,179 @@ mod tests {
             err.message,
             "Permission check failed (/vms/105, VM.GuestAgent.FileWrite|VM.GuestAgent.Unrestricted)"
         );
-        // root@pam (held = None) passes everything, even root-only methods.
-        assert!(evaluate(&Check::RootOnly, None, &p, "").is_ok());
-        assert!(evaluate(&Check::RootOnly, Some(&both), &p, "").is_err());
+        // Root-only methods: root@pam yes, its tokens and everyone else no.
+        let root = Caller {
+            root: true,
+            held: Some(&both),
+        };
+        assert!(evaluate(&Check::RootOnly, root, &p, "").is_ok());
+        let all = Caller {
+            root: false,
+            held: None,
+        };
+        assert!(evaluate(&Check::RootOnly, all, &p, "").is_err());
+    }
+
+    fn update(
+        method: &str,
+        kv: &[(&str, &str)],
+        held: &[&str],
+        current: &[(&str, &str)],
+    ) -> Result<(), Denied> {
+        let mut kv = kv.to_vec();
+        kv.push(("vmid", "105"));
+        let held = privs(held);
+        handler_check(
+            method,
+            "/nodes/{node}/qemu/{vmid}/config",
+            &params(&kv),
+            &Fake(params(current)),
+            token(&held),
+        )
     }
 
     #[test]
     fn each_config_key_needs_its_own_privilege() {
-        let route = "/nodes/{node}/qemu/{vmid}/config";
-        let zone = |_: &str| None;
-        let run = |kv: &[(&str, &str)], held: &[&str]| {
-            let p = params(kv);
-            let held = privs(held);
-            handler_checks("PUT", route, &p, &zone, false).and_then(|checks| {
-                checks
-                    .iter()
-                    .try_for_each(|(path, c)| evaluate(c, Some(&held), &p, path))
-            })
-        };
-        let vm = [("vmid", "105")];
-        let with = |extra: &[(&'static str, &'static str)]| {
-            vm.iter().chain(extra).copied().collect::<Vec<_>>()
-        };
-        // Memory is not CPU, and deleting a key is changing it.
-        assert!(run(&with(&[("memory", "512")]), &["VM.Config.Memory"]).is_ok());
-        let err = run(
-            &with(&[("memory", "512"), ("cores", "2")]),
-            &["VM.Config.Memory"],
-        )
-        .unwrap_err();
+        let msg = |r: Result<(), Denied>| r.unwrap_err().error.message;
+        assert!(update("PUT", &[("memory", "512")], &["VM.Config.Memory"], &[]).is_ok());
         assert_eq!(
-            err.message,
+            msg(update(
+                "PUT",
+                &[("memory", "512"), ("cores", "2")],
+                &["VM.Config.Memory"],
+                &[]
+            )),
             "Permission check failed (/vms/105, VM.Config.CPU)"
         );
-        let err = run(&with(&[("delete", "tags,memory")]), &["VM.Config.Memory"]).unwrap_err();
+        // Deleting a key is changing it; `smbios1` is hardware.
         assert_eq!(
-            err.message,
-            "Permission check failed (/vms/105, VM.Config.Options)"
+            msg(update(
+                "PUT",
+                &[("delete", "smbios1;memory")],
+                &["VM.Config.Memory"],
+                &[]
+            )),
+            "Permission check failed (/vms/105, VM.Config.HWType)"
         );
-        // A cloud-init key takes either of two privileges.
-        assert!(run(&with(&[("ipconfig0", "ip=dhcp")]), &["VM.Config.Network"]).is_ok());
-        // Some keys are root's whatever the privileges, with PVE's 500.
-        let err = run(&with(&[("args", "-S")]), &["VM.Config.Options"]).unwrap_err();
+        // A cloud-init key takes either of two privileges; `startup` also takes Sys.Modify.
+        assert!(
+            update(
+                "PUT",
+                &[("ipconfig0", "ip=dhcp")],
+                &["VM.Config.Network"],
+                &[]
+            )
+            .is_ok()
+        );
         assert_eq!(
-            (err.status, err.message.as_str()),
-            (500, "only root can set 'args' config")
+            msg(update(
+                "PUT",
+                &[("startup", "order=1")],
+                &["VM.Config.Options"],
+                &[]
+            )),
+            "Permission check failed (/, Sys.Modify)"
         );
-        assert!(run(&with(&[("serial0", "socket")]), &["VM.Config.HWType"]).is_ok());
-        assert!(run(&with(&[("serial0", "/dev/ttyS0")]), &["VM.Config.HWType"]).is_err());
+        // Keys no rule names are root's, with PVE's 500 (`affinity` among them).
+        for key in ["args", "affinity", "hugepages"] {
+            let err = update("PUT", &[(key, "1")], &["VM.Config.Options"], &[]).unwrap_err();
+            assert_eq!(
+                (err.error.status, err.error.message),
+                (500, format!("only root can set '{key}' config"))
+            );
+        }
     }
 
     #[test]
-    fn nics_need_sdn_use_and_new_disks_allocate_space() {
-        let p = params(&[
-            ("vmid", "105"),
-            ("net0", "virtio=BC:24:11:00:00:01,bridge=Zab12s0,firewall=1"),
-            ("scsi1", "local-lvm:8"),
-            ("scsi0", "local-lvm:vm-105-disk-0,size=4G"),
-        ]);
-        let zone = |v: &str| (v == "Zab12s0").then(|| "Zab12s0".to_owned());
-        let checks: Vec<_> =
-            handler_checks("POST", "/nodes/{node}/qemu/{vmid}/config", &p, &zone, false)
-                .unwrap()
-                .into_iter()
-                .filter(|(p, _)| !p.is_empty())
-                .collect();
-        let paths: Vec<&str> = checks.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["/sdn/zones/Zab12s0/Zab12s0", "/storage/local-lvm"]);
-        let err = evaluate(
-            &checks[0].1,
-            Some(&privs(&["VM.Config.Network"])),
-            &p,
-            &checks[0].0,
+    fn drives_serials_and_tags_are_checked_by_value_in_the_worker() {
+        let all_config = [
+            "VM.Config.Disk",
+            "VM.Config.CPU",
+            "VM.Config.Memory",
+            "VM.Config.Options",
+            "VM.Config.HWType",
+            "VM.Config.Network",
+        ];
+        let current = [("ide2", "local-lvm:vm-105-cloudinit,media=cdrom")];
+        // Deleting the cloud-init drive takes Cloudinit and CDROM, decided from its value,
+        // and the async POST raises it inside its task.
+        let err = update("POST", &[("delete", "ide2")], &all_config, &current).unwrap_err();
+        assert!(err.in_worker);
+        assert_eq!(
+            err.error.message,
+            "Permission check failed (/vms/105, VM.Config.Cloudinit)"
+        );
+        // The synchronous PUT answers the same thing directly.
+        let err = update("PUT", &[("delete", "ide2")], &all_config, &current).unwrap_err();
+        assert!(!err.in_worker);
+        assert!(
+            update(
+                "PUT",
+                &[("scsi1", "local-lvm:8")],
+                &["VM.Config.Disk", "Datastore.AllocateSpace"],
+                &[]
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            update("PUT", &[("scsi1", "local-lvm:8")], &["VM.Config.Disk"], &[])
+                .unwrap_err()
+                .error
+                .message,
+            "Permission check failed (/storage/local-lvm, Datastore.AllocateSpace)"
+        );
+        assert!(update("PUT", &[("serial0", "socket")], &["VM.Config.HWType"], &[]).is_ok());
+        assert_eq!(
+            update(
+                "PUT",
+                &[("serial0", "/dev/ttyS0")],
+                &["VM.Config.HWType"],
+                &[]
+            )
+            .unwrap_err()
+            .error
+            .message,
+            "only root can modify 'serial0' config for real devices"
+        );
+        assert_eq!(
+            update("PUT", &[("tags", "a;b")], &["VM.Config.Memory"], &[])
+                .unwrap_err()
+                .error
+                .message,
+            "Permission check failed (/vms/105, VM.Config.Options)"
+        );
+    }
+
+    #[test]
+    fn nics_need_sdn_use_on_the_new_and_the_old_vnet() {
+        let net = ["VM.Config.Network"];
+        let err = update(
+            "PUT",
+            &[("net0", "virtio=BC:24:11:00:00:01,bridge=vnetA,tag=7")],
+            &net,
+            &[],
         )
         .unwrap_err();
         assert_eq!(
-            err.message,
-            "Permission check failed (/sdn/zones/Zab12s0/Zab12s0, SDN.Use)"
+            err.error.message,
+            "Permission check failed (/sdn/zones/zoneA/vnetA/7, SDN.Use)"
         );
+        let current = [("net0", "virtio=BC:24:11:00:00:01,bridge=vmbr0")];
+        let err = update("PUT", &[("delete", "net0")], &net, &current).unwrap_err();
+        assert_eq!(
+            err.error.message,
+            "Permission check failed (/sdn/zones/localnetwork/vmbr0, SDN.Use)"
+        );
+    }
+
+    #[test]
+    fn volume_syntax() {
+        assert_eq!(new_disk_storage("local-lvm:8"), Some(Some("local-lvm")));
+        assert_eq!(new_disk_storage("4.5"), Some(None));
+        assert_eq!(new_disk_storage("local-lvm:vm-100-disk-0"), None);
+        assert_eq!(new_disk_storage("local:inf"), None);
+        assert_eq!(new_disk_storage("local:-1"), None);
+        assert_eq!(drive_file("file=local-lvm:8,size=8G"), "local-lvm:8");
+        assert_eq!(split_list("a, b;c\0cdrom"), ["a", "b", "c", "ide2"]);
     }
 }

@@ -381,9 +381,11 @@ async fn process(
     for (k, v) in vars {
         params.insert(k, vec![v]);
     }
-    // PVE checks permissions before it verifies parameters (`rest_handler`).
-    let held = access::held(&shared.cfg, &user);
-    if let Err(e) = authorize(shared, method, route.path, &params, &user, held) {
+    // PVE checks the method's permission rule before it verifies parameters
+    // (`rest_handler`); what the handler checks itself comes after.
+    let caller = access::Caller::of(&shared.cfg, &user);
+    let flat = first_values(&params);
+    if let Err(e) = access::evaluate(&access::required(method, route.path), caller, &flat, "") {
         return (name, Err(e));
     }
     let errors = spec::validate(route, &params);
@@ -398,6 +400,27 @@ async fn process(
         upload,
     };
     let is_task = handlers::returns_task(method, route.path);
+    if let Err(denied) = access::handler_check(method, route.path, &flat, &SimWorld(shared), caller)
+    {
+        if !(denied.in_worker && is_task) {
+            return (name, Err(denied.error));
+        }
+        let worker = if route.path == "/nodes/{node}/qemu" {
+            "qmcreate"
+        } else {
+            "qmconfig"
+        };
+        let mut st = shared.lock();
+        let upid = st.failed_task(
+            shared,
+            ctx.node(),
+            &ctx.user,
+            worker,
+            &ctx.vmid().to_string(),
+            denied.error.message,
+        );
+        return (name, Ok(Value::String(upid)));
+    }
     if handlers::takes_vm_flock(method, route.path)
         && let Err(msg) = wait_flock(shared, ctx.vmid()).await
     {
@@ -452,7 +475,7 @@ async fn process(
         }
         if !handlers::is_agent(route.path) {
             let result = handlers::dispatch(shared, &mut st, &ctx);
-            return (name, result.map(|v| filter_listing(route.path, v, held)));
+            return (name, result.map(|v| filter_listing(route.path, v, caller)));
         }
         handlers::check_node(shared, &ctx).and_then(|()| handlers::agent::prepare(&st, &ctx))
     };
@@ -464,43 +487,38 @@ async fn process(
     (name, result)
 }
 
-/// The route's own rule, then what its handler checks for these parameters.
-fn authorize(
-    shared: &Shared,
-    method: &str,
-    route: &str,
-    params: &RawParams,
-    user: &str,
-    held: Option<&[String]>,
-) -> Result<(), ApiError> {
-    let flat: BTreeMap<String, String> = params
+fn first_values(params: &RawParams) -> BTreeMap<String, String> {
+    params
         .iter()
         .filter_map(|(k, v)| Some((k.clone(), v.first()?.clone())))
-        .collect();
-    access::evaluate(&access::required(method, route), held, &flat, "")?;
-    let zone_of = |vnet: &str| {
-        let st = shared.lock();
-        let sdn = &st.sdn;
-        [&sdn.pending, &sdn.running]
+        .collect()
+}
+
+/// The cluster as permission checks see it; each lookup takes the state lock briefly.
+struct SimWorld<'a>(&'a Shared);
+
+impl access::World for SimWorld<'_> {
+    fn zone_of(&self, vnet: &str) -> Option<String> {
+        let st = self.0.lock();
+        [&st.sdn.pending, &st.sdn.running]
             .into_iter()
             .find_map(|c| c.vnets.get(vnet)?.get("zone").cloned())
-    };
-    let is_root = user == "root@pam";
-    for (path, check) in access::handler_checks(method, route, &flat, &zone_of, is_root)? {
-        access::evaluate(&check, held, &flat, &path)?;
     }
-    Ok(())
+
+    fn vm_config(&self, vmid: u32) -> Option<BTreeMap<String, String>> {
+        self.0.lock().vms.get(&vmid).map(|v| v.config.clone())
+    }
 }
 
 /// Drops the entries of a `user: all` listing the caller may not see, as PVE's handlers do.
-fn filter_listing(route: &str, v: Value, held: Option<&[String]>) -> Value {
+fn filter_listing(route: &str, v: Value, caller: access::Caller<'_>) -> Value {
     match v {
-        Value::Array(items) if held.is_some() => Value::Array(
+        Value::Array(items) if caller.privileges().is_some() => Value::Array(
             items
                 .into_iter()
                 .filter(|e| {
                     access::list_filter(route, e["type"].as_str())
-                        .is_none_or(|privs| access::has_any(held, privs))
+                        .is_none_or(|privs| caller.has_any(privs))
                 })
                 .collect(),
         ),

@@ -380,7 +380,7 @@ pub(crate) const ALL_PRIVILEGES: &[&str] = &[
 /// The simulator grants every principal but `root@pam` the privileges in `SimConfig::privileges` (all of
 /// them by default) on `/`, propagated, as an Administrator ACL on `/` does.
 fn permissions(cfg: &crate::SimConfig, ctx: &Ctx) -> Value {
-    let privs: Vec<&str> = match crate::access::held(cfg, &ctx.user) {
+    let privs: Vec<&str> = match crate::access::Caller::of(cfg, &ctx.user).privileges() {
         Some(p) => p.iter().map(String::as_str).collect(),
         None => ALL_PRIVILEGES.to_vec(),
     };
