@@ -355,5 +355,15 @@ mod tidy {
             readme.contains(&joined),
             "README.md's `pveum role add` line differs from {joined}"
         );
+        let storage = crate::nested::privileges::STORAGE_PRIVILEGES;
+        let joined = format!(
+            "pveum role add {} --privs \"{}\"",
+            crate::nested::privileges::STORAGE_ROLE,
+            storage.join(",")
+        );
+        assert!(
+            readme.contains(&joined),
+            "README.md does not grant gc's storage role: {joined}"
+        );
     }
 }

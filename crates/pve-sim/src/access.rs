@@ -16,6 +16,58 @@ use std::collections::BTreeMap;
 
 use crate::error::ApiError;
 
+/// Every privilege PVE 9.2 knows (`pveum role list` of `Administrator`), which `root@pam`
+/// and its unseparated tokens hold on every path.
+pub const ALL_PRIVILEGES: &[&str] = &[
+    "Datastore.Allocate",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "Group.Allocate",
+    "Mapping.Audit",
+    "Mapping.Modify",
+    "Mapping.Use",
+    "Permissions.Modify",
+    "Pool.Allocate",
+    "Pool.Audit",
+    "Realm.Allocate",
+    "Realm.AllocateUser",
+    "SDN.Allocate",
+    "SDN.Audit",
+    "SDN.Use",
+    "Sys.AccessNetwork",
+    "Sys.Audit",
+    "Sys.Console",
+    "Sys.Incoming",
+    "Sys.Modify",
+    "Sys.PowerMgmt",
+    "Sys.Syslog",
+    "User.Modify",
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Backup",
+    "VM.Clone",
+    "VM.Config.CDROM",
+    "VM.Config.CPU",
+    "VM.Config.Cloudinit",
+    "VM.Config.Disk",
+    "VM.Config.HWType",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.Console",
+    "VM.GuestAgent.Audit",
+    "VM.GuestAgent.FileRead",
+    "VM.GuestAgent.FileSystemMgmt",
+    "VM.GuestAgent.FileWrite",
+    "VM.GuestAgent.Unrestricted",
+    "VM.Migrate",
+    "VM.PowerMgmt",
+    "VM.Replicate",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
+];
+
 /// A method's permission rule, in the shape of the schema's `permissions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -188,6 +240,8 @@ pub(crate) struct Caller<'a> {
     pub root: bool,
     /// Privileges held on `/`, propagated.
     pub held: Option<&'a [String]>,
+    /// Further grants on sub-paths, propagated below them.
+    pub acl: &'a [(String, Vec<String>)],
 }
 
 impl<'a> Caller<'a> {
@@ -196,6 +250,7 @@ impl<'a> Caller<'a> {
         Caller {
             root: user == "root@pam",
             held: cfg.privileges.as_deref(),
+            acl: &cfg.acl,
         }
     }
 
@@ -204,10 +259,33 @@ impl<'a> Caller<'a> {
         if self.root { None } else { self.held }
     }
 
-    /// Whether it holds one of `privs`.
+    /// Privileges it holds on `path`: those on `/` and those granted on `path` or above it;
+    /// `None`: all of them.
+    pub(crate) fn privileges_on(&self, path: &str) -> Option<Vec<&'a str>> {
+        let root = self.privileges()?;
+        let covers = |acl_path: &str| {
+            let a = acl_path.trim_end_matches('/');
+            path == a
+                || path
+                    .strip_prefix(a)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        let mut out: Vec<&str> = root.iter().map(String::as_str).collect();
+        for (_, privs) in self.acl.iter().filter(|(p, _)| covers(p)) {
+            out.extend(privs.iter().map(String::as_str));
+        }
+        Some(out)
+    }
+
+    /// Whether it holds one of `privs` on `/`.
     pub(crate) fn has_any(&self, privs: &[&str]) -> bool {
-        self.privileges()
-            .is_none_or(|h| privs.iter().any(|p| h.iter().any(|x| x == p)))
+        self.has_any_on("/", privs)
+    }
+
+    /// Whether it holds one of `privs` on `path`.
+    pub(crate) fn has_any_on(&self, path: &str, privs: &[&str]) -> bool {
+        self.privileges_on(path)
+            .is_none_or(|h| privs.iter().any(|p| h.contains(p)))
     }
 }
 
@@ -682,13 +760,13 @@ pub(crate) fn evaluate(
                 path.to_owned()
             };
             if *any {
-                if caller.has_any(privs) {
+                if caller.has_any_on(&path, privs) {
                     Ok(())
                 } else {
                     Err(denied(Some(format!("{path}, {}", privs.join("|")))))
                 }
             } else {
-                match privs.iter().find(|p| !caller.has_any(&[p])) {
+                match privs.iter().find(|p| !caller.has_any_on(&path, &[p])) {
                     None => Ok(()),
                     Some(p) => Err(denied(Some(format!("{path}, {p}")))),
                 }
@@ -737,6 +815,7 @@ mod tests {
         Caller {
             root: false,
             held: Some(held),
+            acl: &[],
         }
     }
 
@@ -784,11 +863,13 @@ mod tests {
         let root = Caller {
             root: true,
             held: Some(&both),
+            acl: &[],
         };
         assert!(evaluate(&Check::RootOnly, root, &p, "").is_ok());
         let all = Caller {
             root: false,
             held: None,
+            acl: &[],
         };
         assert!(evaluate(&Check::RootOnly, all, &p, "").is_err());
     }

@@ -149,6 +149,9 @@ pub struct SimConfig {
     /// `Permission check failed (path, privilege)`, see [`crate::access`]); `None`: all of
     /// them, as root has.
     pub privileges: Option<Vec<String>>,
+    /// More privileges on sub-paths (`/storage/local`), propagated below them, as further
+    /// ACL entries grant; only meaningful with `privileges` set.
+    pub acl: Vec<(String, Vec<String>)>,
 }
 
 impl SimConfig {
@@ -188,6 +191,7 @@ impl SimConfig {
             version: "9.2.3".into(),
             guests: None,
             privileges: None,
+            acl: Vec::new(),
         }
     }
 

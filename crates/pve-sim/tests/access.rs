@@ -97,3 +97,56 @@ async fn listings_show_only_what_the_caller_may_audit() {
         .await;
     assert_eq!(a.data()["/"].as_object().unwrap().len(), 1, "{a:?}");
 }
+
+#[tokio::test]
+async fn a_grant_on_a_sub_path_covers_it_and_what_lies_below_only() {
+    let mut cfg = SimConfig::new().plain_http();
+    cfg.users.push(("gc@pve".into(), "pw".into()));
+    cfg.privileges = Some(vec!["Datastore.Audit".into()]);
+    cfg.acl = vec![("/storage/local".into(), vec!["Datastore.Allocate".into()])];
+    let sim = PveSim::start(cfg).await.unwrap();
+    let user = Raw::login_as(&sim, "gc@pve", "pw").await;
+    let perms = |path: &'static str| {
+        let user = &user;
+        async move {
+            let a = user
+                .call("GET", "/access/permissions", &[("path", path)])
+                .await;
+            a.data()[path]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        perms("/storage/local").await,
+        ["Datastore.Allocate", "Datastore.Audit"]
+    );
+    assert_eq!(perms("/storage/local-lvm").await, ["Datastore.Audit"]);
+    assert_eq!(perms("/").await, ["Datastore.Audit"]);
+    // Enforced the same way: deleting a volume on local-lvm is refused by path.
+    let a = user
+        .call(
+            "DELETE",
+            "/nodes/pve1/storage/local-lvm/content/local-lvm:vm-9-disk-0",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.message()),
+        (
+            403,
+            "Permission check failed (/storage/local-lvm, Datastore.Allocate)".into()
+        )
+    );
+    let a = user
+        .call(
+            "DELETE",
+            "/nodes/pve1/storage/local/content/local:iso/x.iso",
+            &[],
+        )
+        .await;
+    assert_ne!(a.status, 403, "{a:?}");
+}

@@ -454,6 +454,7 @@ pub async fn gc(ctx: &Ctx, a: GcArgs) -> Result<i32, Error> {
                     "templates": r.templates.iter().map(|v| v.0).collect::<Vec<_>>(),
                     "volumes": r.volumes,
                     "in_use": r.in_use.iter().map(|v| v.0).collect::<Vec<_>>(),
+                    "not_permitted": r.not_permitted,
                 })
             })
             .collect();
@@ -468,6 +469,14 @@ pub async fn gc(ctx: &Ctx, a: GcArgs) -> Result<i32, Error> {
                 r.volumes,
                 r.in_use.len()
             );
+            if !r.not_permitted.is_empty() {
+                println!(
+                    "{i}: kept {} unneeded file(s) {:?}: the token may not delete volumes there (grant {} on that storage alone, see `pvesandbox doctor`)",
+                    r.not_permitted.len(),
+                    r.not_permitted,
+                    pvesandbox::preflight::STORAGE_PRIVILEGES.join(", ")
+                );
+            }
         }
     }
     Ok(0)

@@ -83,6 +83,13 @@ async fn start_sim_on(opts: SimOptions, qemu_guests: bool) -> Result<EmbeddedSim
             .map(|p| (*p).to_owned())
             .collect(),
     );
+    cfg.acl = vec![(
+        format!("/storage/{}", pvesandbox_templates::DEFAULT_FILE_STORAGE),
+        crate::privileges::STORAGE_PRIVILEGES
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect(),
+    )];
     let (token_id, token_secret) = cfg.tokens[0].clone();
     let (admin_user, admin_password) = cfg.users[0].clone();
     let sim = PveSim::start_on(cfg, SocketAddr::from((Ipv4Addr::LOCALHOST, opts.port)))

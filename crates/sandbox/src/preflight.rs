@@ -6,7 +6,7 @@ use pve_client::{Params, PveClient};
 use pvesandbox_pool::InstanceConfig;
 use serde::Serialize;
 
-pub use crate::privileges::{PRIVILEGES, ROLE};
+pub use crate::privileges::{PRIVILEGES, ROLE, STORAGE_PRIVILEGES, STORAGE_ROLE};
 
 /// How a check went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +93,7 @@ pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
         },
     );
     let have = privileges(&client, &mut push).await;
+    gc_privileges(&client, &mut push).await;
     egress(&client, have.as_ref(), &mut push).await;
     storages(&client, cfg, &mut push).await;
     match client.get("/cluster/sdn/zones", &Params::new()).await {
@@ -162,6 +163,49 @@ async fn privileges(
             );
             None
         }
+    }
+}
+
+/// [`STORAGE_PRIVILEGES`] on the file storage, which only `gc` needs.
+async fn gc_privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Status, String)) {
+    let path = format!("/storage/{}", pvesandbox_templates::DEFAULT_FILE_STORAGE);
+    match client
+        .get(
+            "/access/permissions",
+            &Params::new().with("path", path.as_str()),
+        )
+        .await
+    {
+        Ok(v) => {
+            let have = v.get(&path).cloned().unwrap_or_default();
+            let missing: Vec<&str> = STORAGE_PRIVILEGES
+                .iter()
+                .copied()
+                .filter(|p| have.get(p).is_none())
+                .collect();
+            if missing.is_empty() {
+                push(
+                    "gc",
+                    Status::Pass,
+                    format!("{} on {path}", STORAGE_PRIVILEGES.join(", ")),
+                );
+            } else {
+                push(
+                    "gc",
+                    Status::Warn,
+                    format!(
+                        "missing on {path}: {}; `pvesandbox gc` keeps images it may not delete. Grant it there alone with `pveum role add {STORAGE_ROLE} -privs \"{}\"` and `pveum acl modify {path} -token '<token id>' -role {STORAGE_ROLE}`",
+                        missing.join(", "),
+                        STORAGE_PRIVILEGES.join(",")
+                    ),
+                );
+            }
+        }
+        Err(e) => push(
+            "gc",
+            Status::Warn,
+            format!("cannot read permissions on {path}: {e}"),
+        ),
     }
 }
 

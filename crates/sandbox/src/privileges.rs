@@ -1,51 +1,53 @@
 //! The privileges pvesandbox's API token needs on Proxmox VE 9.2, in one place.
 //!
 //! `pvesandbox doctor` checks these; `cargo xtask nested-pve` grants exactly these (a role on
-//! `/` for its user and token) by compiling this very file (`#[path]`), so the two cannot
-//! drift; the README points here. Every name is one the PVE 9.2.3 schema's permission checks
+//! `/` for its user and token, and a second one on the image storage for `gc`) by compiling
+//! this very file (`#[path]`), so the two cannot drift; the README points here. Every name is one the PVE 9.2.3 schema's permission checks
 //! use (a test in xtask reads the schema).
 
 /// Name of the role the first-boot script creates with [`PRIVILEGES`].
 pub const ROLE: &str = "PVESandbox";
 
-/// Every privilege a sandbox run uses, grouped by what needs it.
+/// Every privilege a sandbox run uses, on `/`, grouped by what needs it. Nothing more:
+/// where PVE accepts any one of several privileges the list holds just the one we need
+/// (`VM.GuestAgent.Unrestricted` covers the agent's audit and file checks), and the
+/// embedded simulator, which enforces PVE's permission rules, grants its token exactly this
+/// list so every test fails if code starts needing something else.
 pub const PRIVILEGES: &[&str] = &[
-    // VMs: create from templates, configure, start/stop, snapshots for reset, inspect.
+    // VMs: create templates and clones, configure, start/stop/destroy, read their state.
     "VM.Allocate",
     "VM.Clone",
     "VM.Audit",
     "VM.PowerMgmt",
-    "VM.Console",
-    "VM.Snapshot",
-    "VM.Snapshot.Rollback",
+    // The NoCloud seed ISO a template is baked with.
     "VM.Config.CDROM",
     "VM.Config.CPU",
-    "VM.Config.Cloudinit",
     "VM.Config.Disk",
     "VM.Config.HWType",
     "VM.Config.Memory",
-    // Also per-VM firewall rules and IP sets (the sandbox's isolation).
+    // Also per-VM firewall rules (the sandbox's isolation).
     "VM.Config.Network",
     "VM.Config.Options",
-    // Guest agent: 9.2 split the old VM.Monitor check; exec needs Unrestricted.
-    "VM.GuestAgent.Audit",
-    "VM.GuestAgent.FileRead",
-    "VM.GuestAgent.FileWrite",
+    // Guest agent: exec needs Unrestricted since 9.2, and it satisfies every other agent call.
     "VM.GuestAgent.Unrestricted",
-    // Storage: disks, image import and uploads; `gc` deleting imported images no template
-    // needs any more (PVE wants Datastore.Allocate to delete a volume).
-    "Datastore.Audit",
-    "Datastore.Allocate",
+    // Storage: disks, image import and uploads (it also lets us list storages and content).
     "Datastore.AllocateSpace",
     "Datastore.AllocateTemplate",
     // download-url: the node fetches template images itself.
     "Sys.AccessNetwork",
-    // SDN: one zone with vnets and subnets per sample, and attaching NICs to them.
+    // SDN: one zone with vnets and subnets per sample (Allocate also lists them), and
+    // attaching NICs to them.
     "SDN.Allocate",
-    "SDN.Audit",
     "SDN.Use",
-    // Node status and other users' tasks; resource pools that group a run's VMs.
+    // Node status and the datacenter firewall's state.
     "Sys.Audit",
-    "Pool.Allocate",
-    "Pool.Audit",
 ];
+
+/// Name of the role for [`STORAGE_PRIVILEGES`].
+pub const STORAGE_ROLE: &str = "PVESandboxGC";
+
+/// What `pvesandbox gc` needs on `/storage/<file storage>` (where images are imported) to
+/// delete images no template needs any more. Granted there alone: on `/` it would let the
+/// token delete any guest's volumes and edit storage definitions. Without it `gc` keeps
+/// those files and says so.
+pub const STORAGE_PRIVILEGES: &[&str] = &["Datastore.Allocate"];

@@ -30,6 +30,7 @@ async fn a_prepared_host_passes_and_an_unprepared_one_is_told_what_to_fix() {
         "connect",
         "version",
         "privileges",
+        "gc",
         "storage",
         "import",
         "sdn",
@@ -73,6 +74,13 @@ async fn missing_privileges_are_listed_with_the_role_that_grants_them() {
     );
     let sim = PveSim::start(cfg).await.unwrap();
     let checks = check_instance(&instance(&sim, "local-lvm")).await;
+    // No grant on the file storage either: gc is told, the rest still works.
+    let (s, detail) = status(&checks, "gc");
+    assert_eq!(s, Status::Warn, "{detail}");
+    assert!(
+        detail.contains("/storage/local") && detail.contains("PVESandboxGC"),
+        "{detail}"
+    );
     let (s, detail) = status(&checks, "privileges");
     assert_eq!(s, Status::Fail);
     assert!(

@@ -15,6 +15,9 @@ pub struct GcReport {
     pub volumes: Vec<String>,
     /// Unused templates kept because linked clones still use them.
     pub in_use: Vec<Vmid>,
+    /// Files no source needs, kept because the token may not delete volumes on that storage
+    /// (PVE wants Datastore.Allocate on `/storage/<id>`; grant it there alone).
+    pub not_permitted: Vec<String>,
 }
 
 pub(crate) async fn run(t: &Templates, keep: &[VmSource]) -> Result<GcReport> {
@@ -74,6 +77,12 @@ pub(crate) async fn run(t: &Templates, keep: &[VmSource]) -> Result<GcReport> {
             Ok(None) => {}
             // A template we kept still imports from it, or a VM mounts the ISO: leave it.
             Err(e) if e.to_string().contains("in use") => continue,
+            // Deleting volumes is a storage-wide privilege an administrator may well keep
+            // from the sandbox token; the rest of the collection still happened.
+            Err(e) if e.is_permission_denied() => {
+                report.not_permitted.push(c.volid);
+                continue;
+            }
             Err(e) => return Err(e.into()),
         }
         report.volumes.push(c.volid);

@@ -66,6 +66,10 @@ pub const FILE_PREFIX: &str = "pvesandbox-";
 /// Prefix of the tag holding a build's start (Unix seconds).
 const STARTED_TAG_PREFIX: &str = "bs-";
 
+/// The storage images are downloaded and imported to unless configured otherwise (PVE's
+/// `local` dir storage, the only one a stock install has for files).
+pub const DEFAULT_FILE_STORAGE: &str = "local";
+
 /// Where and how templates are built.
 #[derive(Debug, Clone)]
 pub struct TemplateConfig {
@@ -111,7 +115,7 @@ impl TemplateConfig {
         TemplateConfig {
             node: node.into(),
             image_storage: "local-lvm".into(),
-            file_storage: "local".into(),
+            file_storage: DEFAULT_FILE_STORAGE.into(),
             bake_bridge: "vmbr0".into(),
             vmid_range: 9000..=9999,
             cache_dir: std::env::temp_dir().join("pvesandbox-images"),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use pve_client::{Params, Vmid, WaitOptions};
-use pve_sim::VmSeed;
+use pve_sim::{PveSim, SimConfig, VmSeed};
 use pvesandbox_templates::{
     BuiltIn, CloneSpec, Error, NicController, NicSpec, NoCloudSeed, OsType, Phase, ProgressEvent,
     Templates, VmSource, clone_template,
@@ -447,6 +447,38 @@ async fn gc_removes_what_no_source_needs_and_nothing_untagged() {
     assert_eq!(
         t.gc(&[VmSource::BuiltIn(BuiltIn::Debian13)]).await.unwrap(),
         Default::default()
+    );
+}
+
+/// A token without Datastore.Allocate on the file storage still collects templates; the
+/// files it may not delete are reported, not an error.
+#[tokio::test]
+async fn gc_without_the_storage_grant_reports_the_files_it_kept() {
+    let mut cfg = SimConfig::new();
+    cfg.privileges = Some(
+        pve_sim::access::ALL_PRIVILEGES
+            .iter()
+            .filter(|p| **p != "Datastore.Allocate")
+            .map(|p| (*p).to_owned())
+            .collect(),
+    );
+    let sim = PveSim::start(cfg).await.unwrap();
+    let srv = FileServer::start().await;
+    let t = Templates::new(client(&sim), config(&scratch("gc-perm"), catalog(&srv)));
+    let path = scratch("gc-perm-ova").join("x.ova");
+    std::fs::write(&path, ova(&[6u8; 2048])).unwrap();
+    let o = t
+        .ensure_template(&VmSource::Ova(path), &|_| {})
+        .await
+        .unwrap();
+    let r = t.gc(&[]).await.unwrap();
+    assert_eq!(r.templates, vec![o.vmid]);
+    assert!(r.volumes.is_empty(), "{r:?}");
+    assert!(
+        r.not_permitted
+            .iter()
+            .any(|v| v.starts_with("local:import/pvesandbox-ova-")),
+        "{r:?}"
     );
 }
 

@@ -71,7 +71,7 @@ enable_datacenter_firewall() {
 }
 
 create_api_token() {
-  pveum role add PVESandbox --privs 'VM.Allocate,VM.Clone,VM.Audit,VM.PowerMgmt,VM.Console,VM.Snapshot,VM.Snapshot.Rollback,VM.Config.CDROM,VM.Config.CPU,VM.Config.Cloudinit,VM.Config.Disk,VM.Config.HWType,VM.Config.Memory,VM.Config.Network,VM.Config.Options,VM.GuestAgent.Audit,VM.GuestAgent.FileRead,VM.GuestAgent.FileWrite,VM.GuestAgent.Unrestricted,Datastore.Audit,Datastore.Allocate,Datastore.AllocateSpace,Datastore.AllocateTemplate,Sys.AccessNetwork,SDN.Allocate,SDN.Audit,SDN.Use,Sys.Audit,Pool.Allocate,Pool.Audit'
+  pveum role add PVESandbox --privs 'VM.Allocate,VM.Clone,VM.Audit,VM.PowerMgmt,VM.Config.CDROM,VM.Config.CPU,VM.Config.Disk,VM.Config.HWType,VM.Config.Memory,VM.Config.Network,VM.Config.Options,VM.GuestAgent.Unrestricted,Datastore.AllocateSpace,Datastore.AllocateTemplate,Sys.AccessNetwork,SDN.Allocate,SDN.Use,Sys.Audit'
   pveum user add pvesandbox@pve --comment 'pvesandbox e2e (nested-pve)'
   pveum acl modify / --users pvesandbox@pve --roles PVESandbox
   # privsep=1: the token holds only what is granted to the token itself (next line).
@@ -79,6 +79,10 @@ create_api_token() {
     --comment 'pvesandbox e2e' --output-format json \
     | perl -MJSON::PP -e 'local $/; print decode_json(<STDIN>)->{value}')
   pveum acl modify / --tokens 'pvesandbox@pve!e2e' --roles PVESandbox
+  # gc deletes images it imported: a volume-deleting privilege, granted on that storage alone.
+  pveum role add PVESandboxGC --privs 'Datastore.Allocate'
+  pveum acl modify /storage/local --users pvesandbox@pve --roles PVESandboxGC
+  pveum acl modify /storage/local --tokens 'pvesandbox@pve!e2e' --roles PVESandboxGC
   [ -n "$TOKEN_SECRET" ]
 }
 

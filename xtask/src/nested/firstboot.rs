@@ -9,7 +9,7 @@
 //! number instead, and still powers off, so the host never waits for a VM that gave up.
 //! Progress goes to the serial console; the token secret never does.
 
-use super::privileges::{PRIVILEGES, ROLE};
+use super::privileges::{PRIVILEGES, ROLE, STORAGE_PRIVILEGES, STORAGE_ROLE};
 
 /// What varies between first-boot scripts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +41,8 @@ impl FirstBoot {
             .replace("@RESULTS_DEV@", &self.results_device)
             .replace("@ROLE@", ROLE)
             .replace("@PRIVS@", &PRIVILEGES.join(","))
+            .replace("@STORAGE_ROLE@", STORAGE_ROLE)
+            .replace("@STORAGE_PRIVS@", &STORAGE_PRIVILEGES.join(","))
             .replace("@USERID@", &self.userid())
             .replace("@TOKEN_NAME@", &self.token_name)
             .replace("@TOKEN_ID@", &self.token_id())
@@ -128,6 +130,10 @@ create_api_token() {
     --comment 'pvesandbox e2e' --output-format json \
     | perl -MJSON::PP -e 'local $/; print decode_json(<STDIN>)->{value}')
   pveum acl modify / --tokens '@TOKEN_ID@' --roles @ROLE@
+  # gc deletes images it imported: a volume-deleting privilege, granted on that storage alone.
+  pveum role add @STORAGE_ROLE@ --privs '@STORAGE_PRIVS@'
+  pveum acl modify /storage/local --users @USERID@ --roles @STORAGE_ROLE@
+  pveum acl modify /storage/local --tokens '@TOKEN_ID@' --roles @STORAGE_ROLE@
   [ -n "$TOKEN_SECRET" ]
 }
 

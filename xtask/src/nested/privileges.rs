@@ -3,7 +3,7 @@
 
 #[path = "../../../crates/sandbox/src/privileges.rs"]
 mod list;
-pub use list::{PRIVILEGES, ROLE};
+pub use list::{PRIVILEGES, ROLE, STORAGE_PRIVILEGES, STORAGE_ROLE};
 
 #[cfg(test)]
 mod tests {
@@ -15,6 +15,10 @@ mod tests {
         v.sort_unstable();
         v.dedup();
         assert_eq!(v.len(), PRIVILEGES.len());
+        assert!(
+            STORAGE_PRIVILEGES.iter().all(|p| !PRIVILEGES.contains(p)),
+            "a storage-only privilege is also granted on /"
+        );
     }
 
     /// Every privilege must be one PVE 9.2.3 checks somewhere (a typo would make the
@@ -33,6 +37,7 @@ mod tests {
         };
         let unknown: Vec<_> = PRIVILEGES
             .iter()
+            .chain(STORAGE_PRIVILEGES)
             .filter(|p| !text.contains(&format!("{p}\"")) && !text.contains(&format!("{p}'")))
             .collect();
         assert!(unknown.is_empty(), "not in the PVE schema: {unknown:?}");

@@ -324,70 +324,18 @@ fn pools(st: &State, only: Option<&str>) -> Value {
     )
 }
 
-/// Every privilege PVE 9.2 knows (`pveum role list` of `Administrator`), which `root@pam`
-/// and its unseparated tokens hold on every path.
-pub(crate) const ALL_PRIVILEGES: &[&str] = &[
-    "Datastore.Allocate",
-    "Datastore.AllocateSpace",
-    "Datastore.AllocateTemplate",
-    "Datastore.Audit",
-    "Group.Allocate",
-    "Mapping.Audit",
-    "Mapping.Modify",
-    "Mapping.Use",
-    "Permissions.Modify",
-    "Pool.Allocate",
-    "Pool.Audit",
-    "Realm.Allocate",
-    "Realm.AllocateUser",
-    "SDN.Allocate",
-    "SDN.Audit",
-    "SDN.Use",
-    "Sys.AccessNetwork",
-    "Sys.Audit",
-    "Sys.Console",
-    "Sys.Incoming",
-    "Sys.Modify",
-    "Sys.PowerMgmt",
-    "Sys.Syslog",
-    "User.Modify",
-    "VM.Allocate",
-    "VM.Audit",
-    "VM.Backup",
-    "VM.Clone",
-    "VM.Config.CDROM",
-    "VM.Config.CPU",
-    "VM.Config.Cloudinit",
-    "VM.Config.Disk",
-    "VM.Config.HWType",
-    "VM.Config.Memory",
-    "VM.Config.Network",
-    "VM.Config.Options",
-    "VM.Console",
-    "VM.GuestAgent.Audit",
-    "VM.GuestAgent.FileRead",
-    "VM.GuestAgent.FileSystemMgmt",
-    "VM.GuestAgent.FileWrite",
-    "VM.GuestAgent.Unrestricted",
-    "VM.Migrate",
-    "VM.PowerMgmt",
-    "VM.Replicate",
-    "VM.Snapshot",
-    "VM.Snapshot.Rollback",
-];
-
 /// `GET /access/permissions`: `{path: {privilege: propagate}}` for the caller (or `userid`).
 /// The simulator grants every principal but `root@pam` the privileges in `SimConfig::privileges` (all of
-/// them by default) on `/`, propagated, as an Administrator ACL on `/` does.
+/// them by default) on `/`, propagated, as an Administrator ACL on `/` does, plus `SimConfig::acl`'s
+/// grants on and below their paths.
 fn permissions(cfg: &crate::SimConfig, ctx: &Ctx) -> Value {
-    let privs: Vec<&str> = match crate::access::Caller::of(cfg, &ctx.user).privileges() {
-        Some(p) => p.iter().map(String::as_str).collect(),
-        None => ALL_PRIVILEGES.to_vec(),
-    };
+    let path = ctx.str("path").unwrap_or("/").to_owned();
+    let privs: Vec<&str> = crate::access::Caller::of(cfg, &ctx.user)
+        .privileges_on(&path)
+        .unwrap_or_else(|| crate::access::ALL_PRIVILEGES.to_vec());
     let map: serde_json::Map<String, Value> = privs
         .into_iter()
         .map(|p| (p.to_owned(), json!(1)))
         .collect();
-    let path = ctx.str("path").unwrap_or("/").to_owned();
     json!({ path: Value::Object(map) })
 }
