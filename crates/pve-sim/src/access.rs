@@ -242,16 +242,25 @@ pub(crate) struct Caller<'a> {
     pub held: Option<&'a [String]>,
     /// Further grants on sub-paths, propagated below them.
     pub acl: &'a [(String, Vec<String>)],
+    /// The user or token id (`user@realm!token`), which owns the tasks it starts.
+    pub user: &'a str,
 }
 
 impl<'a> Caller<'a> {
     /// The caller `user` of a simulator configured with `cfg`.
-    pub(crate) fn of(cfg: &'a crate::SimConfig, user: &str) -> Self {
+    pub(crate) fn of(cfg: &'a crate::SimConfig, user: &'a str) -> Self {
         Caller {
             root: user == "root@pam",
             held: cfg.privileges.as_deref(),
             acl: &cfg.acl,
+            user,
         }
+    }
+
+    /// Whether it may see task `upid` (or a task listing's entry owned by `owner`): its own
+    /// tasks always, others' with Sys.Audit on the node.
+    pub(crate) fn sees_task_of(&self, owner: &str, node: &str) -> bool {
+        owner == self.user || self.has_any_on(&format!("/nodes/{node}"), &["Sys.Audit"])
     }
 
     /// Privileges it holds on `/`; `None`: all of them.
@@ -394,6 +403,15 @@ pub(crate) fn handler_check(
                 steps.all(&format!("/storage/{s}"), &["Datastore.AllocateSpace"])?;
             }
             steps.bridge_access(world, source.iter())?;
+        }
+        ("GET", "/nodes/{node}/tasks/{upid}/status" | "/nodes/{node}/tasks/{upid}/log") => {
+            // UPID:node:pid:pstart:starttime:type:id:user:
+            let upid = params.get("upid").map(String::as_str).unwrap_or_default();
+            let owner = upid.split(':').nth(7).unwrap_or_default();
+            let node = params.get("node").map(String::as_str).unwrap_or_default();
+            if !caller.sees_task_of(owner, node) {
+                steps.all(&format!("/nodes/{node}"), &["Sys.Audit"])?;
+            }
         }
         ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
             steps.check("", &perm("/storage/{storage}", &["Datastore.Allocate"]))?;
@@ -816,6 +834,7 @@ mod tests {
             root: false,
             held: Some(held),
             acl: &[],
+            user: "t@pve!x",
         }
     }
 
@@ -864,12 +883,14 @@ mod tests {
             root: true,
             held: Some(&both),
             acl: &[],
+            user: "root@pam",
         };
         assert!(evaluate(&Check::RootOnly, root, &p, "").is_ok());
         let all = Caller {
             root: false,
             held: None,
             acl: &[],
+            user: "root@pam!ci",
         };
         assert!(evaluate(&Check::RootOnly, all, &p, "").is_err());
     }

@@ -383,7 +383,9 @@ async fn process(
     }
     // PVE checks the method's permission rule before it verifies parameters
     // (`rest_handler`); what the handler checks itself comes after.
-    let caller = access::Caller::of(&shared.cfg, &user);
+    // The Ctx below takes `user`; the caller borrows a copy.
+    let who = user.clone();
+    let caller = access::Caller::of(&shared.cfg, &who);
     let flat = first_values(&params);
     if let Err(e) = access::evaluate(&access::required(method, route.path), caller, &flat, "") {
         return (name, Err(e));
@@ -512,6 +514,41 @@ impl access::World for SimWorld<'_> {
 
 /// Drops the entries of a `user: all` listing the caller may not see, as PVE's handlers do.
 fn filter_listing(route: &str, v: Value, caller: access::Caller<'_>) -> Value {
+    if caller.privileges().is_none() {
+        return v;
+    }
+    if let ("/cluster/tasks" | "/nodes/{node}/tasks", Value::Array(items)) = (route, &v) {
+        let mine = |e: &Value| {
+            caller.sees_task_of(
+                e["user"].as_str().unwrap_or_default(),
+                e["node"].as_str().unwrap_or_default(),
+            )
+        };
+        return Value::Array(items.iter().filter(|e| mine(e)).cloned().collect());
+    }
+    // Without Sys.Audit a node is listed, but not its load.
+    let v = match (route, v) {
+        ("/cluster/resources", Value::Array(items)) => Value::Array(
+            items
+                .into_iter()
+                .map(|mut e| {
+                    let node = e["node"].as_str().unwrap_or_default().to_owned();
+                    if e["type"] == "node"
+                        && !caller.has_any_on(&format!("/nodes/{node}"), &["Sys.Audit"])
+                        && let Some(o) = e.as_object_mut()
+                    {
+                        for k in [
+                            "cpu", "maxcpu", "mem", "maxmem", "disk", "maxdisk", "uptime",
+                        ] {
+                            o.remove(k);
+                        }
+                    }
+                    e
+                })
+                .collect(),
+        ),
+        (_, v) => v,
+    };
     match v {
         Value::Array(items) if caller.privileges().is_some() => Value::Array(
             items

@@ -150,3 +150,54 @@ async fn a_grant_on_a_sub_path_covers_it_and_what_lies_below_only() {
         .await;
     assert_ne!(a.status, 403, "{a:?}");
 }
+
+#[tokio::test]
+async fn tasks_of_others_and_node_load_need_sys_audit() {
+    let sim = sim_with(&["VM.Audit", "VM.PowerMgmt"]).await;
+    let user = Raw::login_as(&sim, "auditor@pve", "pw").await;
+    let root = Raw::login(&sim).await;
+    // Starting a template fails in its task; that is still a task of the caller's.
+    let mine = user
+        .call("POST", "/nodes/pve1/qemu/9000/status/start", &[])
+        .await;
+    let mine = mine.data().as_str().unwrap().to_owned();
+    assert!(mine.contains(":auditor@pve:"), "{mine}");
+    let theirs = root
+        .call("POST", "/nodes/pve1/qemu/9000/status/start", &[])
+        .await;
+    let theirs = theirs.data().as_str().unwrap().to_owned();
+    let status = |upid: &str| {
+        let path = format!("/nodes/pve1/tasks/{}/status", common::urlencode(upid));
+        let user = &user;
+        async move { user.call("GET", &path, &[]).await }
+    };
+    assert_eq!(status(&mine).await.status, 200);
+    let a = status(&theirs).await;
+    assert_eq!(
+        (a.status, a.message()),
+        (
+            403,
+            "Permission check failed (/nodes/pve1, Sys.Audit)".into()
+        )
+    );
+    let listed = user.call("GET", "/cluster/tasks", &[]).await;
+    let upids: Vec<&str> = listed
+        .data()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["upid"].as_str().unwrap())
+        .collect();
+    assert_eq!(upids, [mine.as_str()]);
+    // The node is listed, its load is not.
+    let a = user
+        .call("GET", "/cluster/resources", &[("type", "node")])
+        .await;
+    let node = &a.data()[0];
+    assert_eq!(node["node"], "pve1");
+    assert!(node.get("maxmem").is_none(), "{node}");
+    let a = root
+        .call("GET", "/cluster/resources", &[("type", "node")])
+        .await;
+    assert!(a.data()[0].get("maxmem").is_some());
+}
