@@ -120,92 +120,89 @@ pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
     out
 }
 
+/// What the token holds on `path` (`GET /access/permissions`), as `{privilege: 1}`.
+async fn permissions_on(
+    client: &PveClient,
+    path: &str,
+) -> Result<serde_json::Value, pve_client::Error> {
+    let v = client
+        .get("/access/permissions", &Params::new().with("path", path))
+        .await?;
+    Ok(v.get(path).cloned().unwrap_or_default())
+}
+
+/// The privileges of `wanted` that `have` lacks.
+fn missing<'a>(have: &serde_json::Value, wanted: &[&'a str]) -> Vec<&'a str> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|p| have.get(p).is_none())
+        .collect()
+}
+
 /// Checks [`PRIVILEGES`]; returns what the token holds on `/` when it could be read.
 async fn privileges(
     client: &PveClient,
     push: &mut impl FnMut(&'static str, Status, String),
 ) -> Option<serde_json::Value> {
-    match client
-        .get("/access/permissions", &Params::new().with("path", "/"))
-        .await
-    {
-        Ok(v) => {
-            let have = v.get("/").cloned().unwrap_or_default();
-            let missing: Vec<&str> = PRIVILEGES
-                .iter()
-                .copied()
-                .filter(|p| have.get(p).is_none())
-                .collect();
-            if missing.is_empty() {
-                push(
-                    "privileges",
-                    Status::Pass,
-                    format!("all {} privileges on /", PRIVILEGES.len()),
-                );
-            } else {
-                push(
-                    "privileges",
-                    Status::Fail,
-                    format!(
-                        "missing on /: {}; grant the whole list with `pveum role add {ROLE} -privs \"{}\"` and `pveum acl modify / -token '<token id>' -role {ROLE}`",
-                        missing.join(", "),
-                        PRIVILEGES.join(",")
-                    ),
-                );
-            }
-            Some(have)
-        }
+    let have = match permissions_on(client, "/").await {
+        Ok(h) => h,
         Err(e) => {
             push(
                 "privileges",
                 Status::Fail,
                 format!("cannot read permissions: {e}"),
             );
-            None
+            return None;
         }
+    };
+    let lacking = missing(&have, PRIVILEGES);
+    if lacking.is_empty() {
+        push(
+            "privileges",
+            Status::Pass,
+            format!("all {} privileges on /", PRIVILEGES.len()),
+        );
+    } else {
+        push(
+            "privileges",
+            Status::Fail,
+            format!(
+                "missing on /: {}; grant the whole list with `pveum role add {ROLE} -privs \"{}\"` and `pveum acl modify / -token '<token id>' -role {ROLE}`",
+                lacking.join(", "),
+                PRIVILEGES.join(",")
+            ),
+        );
     }
+    Some(have)
 }
 
 /// [`STORAGE_PRIVILEGES`] on the file storage, which only `gc` needs.
 async fn gc_privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Status, String)) {
     let path = format!("/storage/{}", pvesandbox_templates::DEFAULT_FILE_STORAGE);
-    match client
-        .get(
-            "/access/permissions",
-            &Params::new().with("path", path.as_str()),
-        )
-        .await
-    {
-        Ok(v) => {
-            let have = v.get(&path).cloned().unwrap_or_default();
-            let missing: Vec<&str> = STORAGE_PRIVILEGES
-                .iter()
-                .copied()
-                .filter(|p| have.get(p).is_none())
-                .collect();
-            if missing.is_empty() {
-                push(
-                    "gc",
-                    Status::Pass,
-                    format!("{} on {path}", STORAGE_PRIVILEGES.join(", ")),
-                );
-            } else {
-                push(
-                    "gc",
-                    Status::Warn,
-                    format!(
-                        "missing on {path}: {}; `pvesandbox gc` keeps images it may not delete. Grant it there alone with `pveum role add {STORAGE_ROLE} -privs \"{}\"` and `pveum acl modify {path} -token '<token id>' -role {STORAGE_ROLE}`",
-                        missing.join(", "),
-                        STORAGE_PRIVILEGES.join(",")
-                    ),
-                );
-            }
+    let lacking = match permissions_on(client, &path).await {
+        Ok(have) => missing(&have, STORAGE_PRIVILEGES),
+        Err(e) => {
+            let msg = format!("cannot read permissions on {path}: {e}");
+            return push("gc", Status::Warn, msg);
         }
-        Err(e) => push(
+    };
+    if lacking.is_empty() {
+        push(
+            "gc",
+            Status::Pass,
+            format!("{} on {path}", STORAGE_PRIVILEGES.join(", ")),
+        );
+    } else {
+        push(
             "gc",
             Status::Warn,
-            format!("cannot read permissions on {path}: {e}"),
-        ),
+            format!(
+                "missing on {path}: {}; `pvesandbox gc` keeps images it may not delete. Grant it there alone with `pveum role add {STORAGE_ROLE} -privs \"{}\"` and `pveum acl modify {path} -token '<token id>' -role {STORAGE_ROLE}`",
+                lacking.join(", "),
+                STORAGE_PRIVILEGES.join(",")
+            ),
+        );
     }
 }
 
