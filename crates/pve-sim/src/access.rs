@@ -8,9 +8,10 @@
 //! `Permission check failed (<path>, <privilege>)`.
 //!
 //! The simulator grants every principal other than `root@pam` the privileges in
-//! [`crate::SimConfig::privileges`] on `/`, propagated, as one ACL on `/` does; a test's path
-//! therefore only shapes the message. [`required`] is written by hand from what PVE 9.2.3
-//! checks; `tests/schema_contract.rs` compares it with the official schema for every route.
+//! [`crate::SimConfig::privileges`] on `/`, propagated, as one ACL entry on `/` does, and
+//! those of [`crate::SimConfig::acl`] on deeper paths, where the most specific entry wins as
+//! in PVE. [`required`] is written by hand from what PVE 9.2.3 checks;
+//! `tests/schema_contract.rs` compares it with the official schema for every route.
 
 use std::collections::BTreeMap;
 
@@ -268,8 +269,10 @@ impl<'a> Caller<'a> {
         if self.root { None } else { self.held }
     }
 
-    /// Privileges it holds on `path`: those on `/` and those granted on `path` or above it;
-    /// `None`: all of them.
+    /// Privileges it holds on `path`: those of the most specific ACL entry on `path` or
+    /// above it, `/` being the outermost; `None`: all of them. PVE does not add a deeper
+    /// entry to what `/` grants, it replaces it (`PVE::AccessControl::roles`: "overwrite
+    /// previous settings"), so a grant on `/storage/x` must repeat what `/` gives.
     pub(crate) fn privileges_on(&self, path: &str) -> Option<Vec<&'a str>> {
         let root = self.privileges()?;
         let covers = |acl_path: &str| {
@@ -279,16 +282,13 @@ impl<'a> Caller<'a> {
                     .strip_prefix(a)
                     .is_some_and(|rest| rest.starts_with('/'))
         };
-        let mut out: Vec<&str> = root.iter().map(String::as_str).collect();
-        for (_, privs) in self.acl.iter().filter(|(p, _)| covers(p)) {
-            out.extend(privs.iter().map(String::as_str));
-        }
-        Some(out)
-    }
-
-    /// Whether it holds one of `privs` on `/`.
-    pub(crate) fn has_any(&self, privs: &[&str]) -> bool {
-        self.has_any_on("/", privs)
+        let deepest = self
+            .acl
+            .iter()
+            .filter(|(p, _)| covers(p))
+            .max_by_key(|(p, _)| p.trim_end_matches('/').len());
+        let privs = deepest.map_or(root, |(_, privs)| privs.as_slice());
+        Some(privs.iter().map(String::as_str).collect())
     }
 
     /// Whether it holds one of `privs` on `path`.
@@ -348,7 +348,13 @@ pub(crate) fn handler_check(
     }
     match (method, route) {
         ("POST", "/nodes/{node}/qemu") => {
+            if let Some(storage) = params.get("storage") {
+                steps.all(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+            }
             steps.check("", &CREATE)?;
+            if params.get("start").is_some_and(|v| v == "1" || v == "true") {
+                steps.all(&vm_path(vmid), &["VM.PowerMgmt"])?;
+            }
             steps.config_keys(params, &[], vmid)?;
             // Serial ports at creation here; an update checks them under the config lock.
             for (opt, value) in params.iter().filter(|(k, _)| is_indexed(k, "serial")) {
@@ -403,6 +409,17 @@ pub(crate) fn handler_check(
                 steps.all(&format!("/storage/{s}"), &["Datastore.AllocateSpace"])?;
             }
             steps.bridge_access(world, source.iter())?;
+        }
+        ("PUT", "/nodes/{node}/qemu/{vmid}/resize") => {
+            // Growing a disk allocates on its storage.
+            let disk = params.get("disk").map(String::as_str).unwrap_or_default();
+            let current = world.vm_config(vmid).unwrap_or_default();
+            if let Some((storage, _)) = current
+                .get(disk)
+                .and_then(|v| drive_file(v).split_once(':'))
+            {
+                steps.all(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+            }
         }
         ("GET", "/nodes/{node}/tasks/{upid}/status" | "/nodes/{node}/tasks/{upid}/log") => {
             // UPID:node:pid:pstart:starttime:type:id:user:
@@ -467,6 +484,7 @@ impl Steps<'_> {
             match config_key_rule(opt) {
                 KeyRule::Privs(privs, true) => self.any(&vm_path(vmid), privs)?,
                 KeyRule::Privs(privs, false) => self.all(&vm_path(vmid), privs)?,
+                KeyRule::Console => self.all("/", &["Sys.Console"])?,
                 KeyRule::Startup => {
                     self.all(&vm_path(vmid), &["VM.Config.Options"])?;
                     self.all("/", &["Sys.Modify"])?;
@@ -540,6 +558,10 @@ impl Steps<'_> {
             }
         } else if is_indexed(opt, "unused") && new.is_none() {
             self.all(&vm, &["VM.Config.Disk"])?;
+            // Freeing the volume is a change on its storage too.
+            if let Some((storage, _)) = old.and_then(|v| drive_file(v).split_once(':')) {
+                self.all(&format!("/storage/{storage}"), &["Datastore.AllocateSpace"])?;
+            }
         } else if is_indexed(opt, "serial") {
             let socket = |v: Option<&String>| v.is_none_or(|v| v == "socket");
             match new {
@@ -627,13 +649,29 @@ fn is_cdrom(value: &str) -> bool {
     value.split(',').any(|p| p == "media=cdrom") || drive_file(value) == "cdrom"
 }
 
+/// qemu-server's `drive_is_cloudinit`: the volume name ends in `[vm-N-]cloudinit[.fmt]`
+/// after a `:` or `/` (`local-lvm:vm-105-cloudinit`, `local:105/vm-105-cloudinit.qcow2`).
 fn is_cloudinit(value: &str) -> bool {
     let file = drive_file(value);
-    file == "cloudinit"
-        || file
-            .rsplit(':')
-            .next()
-            .is_some_and(|v| v.ends_with("cloudinit"))
+    if file == "cloudinit" {
+        return true;
+    }
+    let Some(i) = file.rfind([':', '/']) else {
+        return false;
+    };
+    let name = &file[i + 1..];
+    let name = ["raw", "qcow2", "vmdk"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(&format!(".{ext}")[..]))
+        .unwrap_or(name);
+    let name = name
+        .strip_prefix("vm-")
+        .and_then(|r| {
+            let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+            (digits > 0 && r[digits..].starts_with('-')).then(|| &r[digits + 1..])
+        })
+        .unwrap_or(name);
+    name == "cloudinit"
 }
 
 /// For a volume that asks for a new disk (`[storage:]size`, PVE's `NEW_DISK_RE`): its
@@ -675,6 +713,8 @@ enum KeyRule {
     Privs(&'static [&'static str], bool),
     /// VM.Config.Options on the VM and Sys.Modify on `/`: it changes how the host boots.
     Startup,
+    /// Sys.Console on `/` (`ha-managed`: it hands the VM to the HA stack).
+    Console,
     /// Checked by value elsewhere (drives, serial/usb/PCI devices, tags).
     Elsewhere,
     /// Anything else: root@pam's alone, new options included.
@@ -697,6 +737,7 @@ fn config_key_rule(opt: &str) -> KeyRule {
         "acpi" | "hotplug" | "kvm" | "machine" | "runningmachine" | "scsihw" | "smbios1"
         | "tablet" | "vga" | "watchdog" | "audio0" | "rng0" => &["VM.Config.HWType"],
         "startup" => return KeyRule::Startup,
+        "ha-managed" => return KeyRule::Console,
         "agent" | "autostart" | "bios" | "description" | "keyboard" | "localtime"
         | "migrate_downtime" | "migrate_speed" | "name" | "onboot" | "ostype" | "protection"
         | "reboot" | "startdate" | "tdf" | "template" => &["VM.Config.Options"],
@@ -739,6 +780,34 @@ pub(crate) fn list_filter(
             _,
         ) => Some(SDN_SEE),
         _ => None,
+    }
+}
+
+/// The ACL path a listing's entry is checked on (`/vms/100`, `/storage/local`, ...).
+pub(crate) fn entry_path(route: &str, entry: &serde_json::Value) -> String {
+    let f = |k: &str| match &entry[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let vnet_path = || match (f("zone"), f("vnet")) {
+        (z, v) if !z.is_empty() && !v.is_empty() => format!("/sdn/zones/{z}/{v}"),
+        (z, _) => format!("/sdn/zones/{z}"),
+    };
+    match (route, entry["type"].as_str()) {
+        ("/cluster/resources", Some("qemu" | "lxc")) | ("/nodes/{node}/qemu", _) => {
+            format!("/vms/{}", f("vmid"))
+        }
+        ("/cluster/resources", Some("storage")) | ("/nodes/{node}/storage", _) => {
+            format!("/storage/{}", f("storage"))
+        }
+        ("/cluster/resources", Some("node")) => format!("/nodes/{}", f("node")),
+        ("/cluster/resources", Some("sdn" | "network")) => format!("/sdn/zones/{}", f("sdn")),
+        ("/cluster/resources", Some("pool")) => format!("/pool/{}", f("pool")),
+        ("/pools", _) => format!("/pool/{}", f("poolid")),
+        ("/cluster/sdn/zones", _) => format!("/sdn/zones/{}", f("zone")),
+        _ if route.starts_with("/cluster/sdn/") => vnet_path(),
+        _ => "/".to_owned(),
     }
 }
 
@@ -1056,5 +1125,18 @@ mod tests {
         assert_eq!(new_disk_storage("local:-1"), None);
         assert_eq!(drive_file("file=local-lvm:8,size=8G"), "local-lvm:8");
         assert_eq!(split_list("a, b;c\0cdrom"), ["a", "b", "c", "ide2"]);
+        for ci in [
+            "local-lvm:vm-105-cloudinit,media=cdrom",
+            "local:105/vm-105-cloudinit.qcow2,media=cdrom",
+            "local-lvm:cloudinit",
+        ] {
+            assert!(is_cloudinit(ci), "{ci}");
+        }
+        for not in [
+            "local:iso/cloudinit-seed.iso,media=cdrom",
+            "local-lvm:vm-105-disk-0",
+        ] {
+            assert!(!is_cloudinit(not), "{not}");
+        }
     }
 }

@@ -149,8 +149,9 @@ pub struct SimConfig {
     /// `Permission check failed (path, privilege)`, see [`crate::access`]); `None`: all of
     /// them, as root has.
     pub privileges: Option<Vec<String>>,
-    /// More privileges on sub-paths (`/storage/local`), propagated below them, as further
-    /// ACL entries grant; only meaningful with `privileges` set.
+    /// ACL entries on sub-paths (`/storage/local`), propagated below them. As in PVE the most
+    /// specific entry covering a path decides, replacing what `/` grants there; only
+    /// meaningful with `privileges` set.
     pub acl: Vec<(String, Vec<String>)>,
 }
 

@@ -407,10 +407,12 @@ async fn process(
         if !(denied.in_worker && is_task) {
             return (name, Err(denied.error));
         }
-        let worker = if route.path == "/nodes/{node}/qemu" {
-            "qmcreate"
+        let (worker, message) = if route.path == "/nodes/{node}/qemu" {
+            let vmid = ctx.vmid();
+            let m = format!("unable to create VM {vmid} - {}", denied.error.message);
+            ("qmcreate", m)
         } else {
-            "qmconfig"
+            ("qmconfig", denied.error.message)
         };
         let mut st = shared.lock();
         let upid = st.failed_task(
@@ -419,7 +421,7 @@ async fn process(
             &ctx.user,
             worker,
             &ctx.vmid().to_string(),
-            denied.error.message,
+            message,
         );
         return (name, Ok(Value::String(upid)));
     }
@@ -518,11 +520,13 @@ fn filter_listing(route: &str, v: Value, caller: access::Caller<'_>) -> Value {
         return v;
     }
     if let ("/cluster/tasks" | "/nodes/{node}/tasks", Value::Array(items)) = (route, &v) {
+        // The cluster-wide list asks for Sys.Audit on `/`, a node's list on that node.
         let mine = |e: &Value| {
-            caller.sees_task_of(
-                e["user"].as_str().unwrap_or_default(),
-                e["node"].as_str().unwrap_or_default(),
-            )
+            let owner = e["user"].as_str().unwrap_or_default();
+            match route {
+                "/cluster/tasks" => owner == caller.user || caller.has_any_on("/", &["Sys.Audit"]),
+                _ => caller.sees_task_of(owner, e["node"].as_str().unwrap_or_default()),
+            }
         };
         return Value::Array(items.iter().filter(|e| mine(e)).cloned().collect());
     }
@@ -555,7 +559,7 @@ fn filter_listing(route: &str, v: Value, caller: access::Caller<'_>) -> Value {
                 .into_iter()
                 .filter(|e| {
                     access::list_filter(route, e["type"].as_str())
-                        .is_none_or(|privs| caller.has_any(privs))
+                        .is_none_or(|privs| caller.has_any_on(&access::entry_path(route, e), privs))
                 })
                 .collect(),
         ),

@@ -99,7 +99,7 @@ async fn listings_show_only_what_the_caller_may_audit() {
 }
 
 #[tokio::test]
-async fn a_grant_on_a_sub_path_covers_it_and_what_lies_below_only() {
+async fn a_deeper_grant_replaces_what_slash_gives_there_and_below_only() {
     let mut cfg = SimConfig::new().plain_http();
     cfg.users.push(("gc@pve".into(), "pw".into()));
     cfg.privileges = Some(vec!["Datastore.Audit".into()]);
@@ -120,10 +120,10 @@ async fn a_grant_on_a_sub_path_covers_it_and_what_lies_below_only() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(
-        perms("/storage/local").await,
-        ["Datastore.Allocate", "Datastore.Audit"]
-    );
+    // PVE: the deeper entry replaces what `/` grants there (Audit is gone on local).
+    assert_eq!(perms("/storage/local").await, ["Datastore.Allocate"]);
+    assert_eq!(perms("/storage/local/sub").await, ["Datastore.Allocate"]);
+    assert_eq!(perms("/storage/localx").await, ["Datastore.Audit"]);
     assert_eq!(perms("/storage/local-lvm").await, ["Datastore.Audit"]);
     assert_eq!(perms("/").await, ["Datastore.Audit"]);
     // Enforced the same way: deleting a volume on local-lvm is refused by path.

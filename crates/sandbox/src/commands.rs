@@ -471,10 +471,11 @@ pub async fn gc(ctx: &Ctx, a: GcArgs) -> Result<i32, Error> {
             );
             if !r.not_permitted.is_empty() {
                 println!(
-                    "{i}: kept {} unneeded file(s) {:?}: the token may not delete volumes there (grant {} on that storage alone, see `pvesandbox doctor`)",
+                    "{i}: kept {} unneeded file(s) {:?}: the token may not delete volumes there (`pvesandbox doctor` prints the grant: roles {} and {} on that storage)",
                     r.not_permitted.len(),
                     r.not_permitted,
-                    pvesandbox::preflight::STORAGE_PRIVILEGES.join(", ")
+                    pvesandbox::preflight::ROLE,
+                    pvesandbox::preflight::STORAGE_ROLE
                 );
             }
         }

@@ -85,8 +85,10 @@ async fn start_sim_on(opts: SimOptions, qemu_guests: bool) -> Result<EmbeddedSim
     );
     cfg.acl = vec![(
         format!("/storage/{}", pvesandbox_templates::DEFAULT_FILE_STORAGE),
-        crate::privileges::STORAGE_PRIVILEGES
+        // The entry replaces what `/` grants there (as in PVE), so it repeats the main list.
+        crate::privileges::PRIVILEGES
             .iter()
+            .chain(crate::privileges::STORAGE_PRIVILEGES)
             .map(|p| (*p).to_owned())
             .collect(),
     )];

@@ -33,8 +33,14 @@ pub struct Check {
     pub detail: String,
 }
 
-/// Runs every check against one instance.
+/// Runs every check against one instance whose images go to the default file storage.
 pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
+    check_instance_with(cfg, pvesandbox_templates::DEFAULT_FILE_STORAGE).await
+}
+
+/// Runs every check against one instance whose images are downloaded to `file_storage`
+/// (`images.import_storage`).
+pub async fn check_instance_with(cfg: &InstanceConfig, file_storage: &str) -> Vec<Check> {
     let mut out = Vec::new();
     let mut push = |name, status, detail: String| {
         out.push(Check {
@@ -93,7 +99,7 @@ pub async fn check_instance(cfg: &InstanceConfig) -> Vec<Check> {
         },
     );
     let have = privileges(&client, &mut push).await;
-    gc_privileges(&client, &mut push).await;
+    file_storage_privileges(&client, file_storage, have.as_ref(), &mut push).await;
     egress(&client, have.as_ref(), &mut push).await;
     storages(&client, cfg, &mut push).await;
     match client.get("/cluster/sdn/zones", &Params::new()).await {
@@ -177,16 +183,44 @@ async fn privileges(
     Some(have)
 }
 
-/// [`STORAGE_PRIVILEGES`] on the file storage, which only `gc` needs.
-async fn gc_privileges(client: &PveClient, push: &mut impl FnMut(&'static str, Status, String)) {
-    let path = format!("/storage/{}", pvesandbox_templates::DEFAULT_FILE_STORAGE);
-    let lacking = match permissions_on(client, &path).await {
-        Ok(have) => missing(&have, STORAGE_PRIVILEGES),
+/// The file storage needs [`PRIVILEGES`] too (downloads, uploads, listing it) and, for `gc`
+/// alone, [`STORAGE_PRIVILEGES`]. An ACL entry on `/storage/<id>` replaces what `/` grants
+/// there rather than adding to it, so a grant there must carry both roles.
+async fn file_storage_privileges(
+    client: &PveClient,
+    storage: &str,
+    on_root: Option<&serde_json::Value>,
+    push: &mut impl FnMut(&'static str, Status, String),
+) {
+    let path = format!("/storage/{storage}");
+    let have = match permissions_on(client, &path).await {
+        Ok(h) => h,
         Err(e) => {
             let msg = format!("cannot read permissions on {path}: {e}");
             return push("gc", Status::Warn, msg);
         }
     };
+    let grant = format!(
+        "`pveum role add {STORAGE_ROLE} -privs \"{}\"` and `pveum acl modify {path} -token '<token id>' -role {ROLE},{STORAGE_ROLE}` (both roles: an entry on {path} replaces what / grants there)",
+        STORAGE_PRIVILEGES.join(",")
+    );
+    // What `/` grants but this path lost to an entry of its own (what `/` lacks is the
+    // privileges check's to report).
+    let lacking: Vec<&str> = missing(&have, PRIVILEGES)
+        .into_iter()
+        .filter(|p| on_root.is_some_and(|r| r.get(p).is_some()))
+        .collect();
+    if !lacking.is_empty() {
+        return push(
+            "gc",
+            Status::Fail,
+            format!(
+                "missing on {path}: {}, so image downloads and uploads fail there: {grant}",
+                lacking.join(", ")
+            ),
+        );
+    }
+    let lacking = missing(&have, STORAGE_PRIVILEGES);
     if lacking.is_empty() {
         push(
             "gc",
@@ -198,9 +232,8 @@ async fn gc_privileges(client: &PveClient, push: &mut impl FnMut(&'static str, S
             "gc",
             Status::Warn,
             format!(
-                "missing on {path}: {}; `pvesandbox gc` keeps images it may not delete. Grant it there alone with `pveum role add {STORAGE_ROLE} -privs \"{}\"` and `pveum acl modify {path} -token '<token id>' -role {STORAGE_ROLE}`",
-                lacking.join(", "),
-                STORAGE_PRIVILEGES.join(",")
+                "missing on {path}: {}; `pvesandbox gc` keeps images it may not delete: {grant}",
+                lacking.join(", ")
             ),
         );
     }

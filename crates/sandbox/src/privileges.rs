@@ -1,7 +1,7 @@
 //! The privileges pvesandbox's API token needs on Proxmox VE 9.2, in one place.
 //!
 //! `pvesandbox doctor` checks these; `cargo xtask nested-pve` grants exactly these (a role on
-//! `/` for its user and token, and a second one on the image storage for `gc`) by compiling
+//! `/` for its user and token, and both roles on the file storage `local` for `gc`) by compiling
 //! this very file (`#[path]`), so the two cannot drift; the README points here. Every name is one the PVE 9.2.3 schema's permission checks
 //! use (a test in xtask reads the schema).
 
@@ -48,6 +48,7 @@ pub const STORAGE_ROLE: &str = "PVESandboxGC";
 
 /// What `pvesandbox gc` needs on `/storage/<file storage>` (where images are imported) to
 /// delete images no template needs any more. Granted there alone: on `/` it would let the
-/// token delete any guest's volumes and edit storage definitions. Without it `gc` keeps
-/// those files and says so.
+/// token delete any guest's volumes and edit storage definitions. PVE's ACL entry on that
+/// path replaces what `/` grants there, so it must carry [`ROLE`] too. Without it `gc`
+/// keeps those files and says so.
 pub const STORAGE_PRIVILEGES: &[&str] = &["Datastore.Allocate"];

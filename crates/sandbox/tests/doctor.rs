@@ -119,3 +119,31 @@ async fn egress_readiness_follows_the_group_and_sys_modify() {
     let (s, detail) = status(&check_instance(&inst).await, "egress");
     assert_eq!(s, Status::Pass, "{detail}");
 }
+
+/// PVE's ACL entry on a storage replaces what `/` grants there: granting only gc's role on
+/// it would break downloads to it. Doctor tells that apart from the right grant.
+#[tokio::test]
+async fn a_storage_grant_without_the_main_role_is_caught() {
+    use pvesandbox::preflight::STORAGE_PRIVILEGES;
+    let main: Vec<String> = PRIVILEGES.iter().map(|p| p.to_string()).collect();
+    let gc: Vec<String> = STORAGE_PRIVILEGES.iter().map(|p| p.to_string()).collect();
+    for (entry, want) in [
+        (gc.clone(), Status::Fail),
+        ([main.clone(), gc.clone()].concat(), Status::Pass),
+    ] {
+        let mut cfg = SimConfig::new();
+        cfg.privileges = Some(main.clone());
+        cfg.acl = vec![("/storage/local".into(), entry)];
+        let sim = PveSim::start(cfg).await.unwrap();
+        let checks = check_instance(&instance(&sim, "local-lvm")).await;
+        let (s, detail) = status(&checks, "gc");
+        assert_eq!(s, want, "{detail}");
+        if want == Status::Fail {
+            assert!(
+                detail.contains("Datastore.AllocateTemplate") && detail.contains("replaces"),
+                "{detail}"
+            );
+        }
+        assert_eq!(status(&checks, "privileges").0, Status::Pass);
+    }
+}

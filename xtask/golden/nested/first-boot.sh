@@ -80,9 +80,10 @@ create_api_token() {
     | perl -MJSON::PP -e 'local $/; print decode_json(<STDIN>)->{value}')
   pveum acl modify / --tokens 'pvesandbox@pve!e2e' --roles PVESandbox
   # gc deletes images it imported: a volume-deleting privilege, granted on that storage alone.
+  # An entry there replaces what / grants, so it carries both roles.
   pveum role add PVESandboxGC --privs 'Datastore.Allocate'
-  pveum acl modify /storage/local --users pvesandbox@pve --roles PVESandboxGC
-  pveum acl modify /storage/local --tokens 'pvesandbox@pve!e2e' --roles PVESandboxGC
+  pveum acl modify /storage/local --users pvesandbox@pve --roles PVESandbox,PVESandboxGC
+  pveum acl modify /storage/local --tokens 'pvesandbox@pve!e2e' --roles PVESandbox,PVESandboxGC
   [ -n "$TOKEN_SECRET" ]
 }
 

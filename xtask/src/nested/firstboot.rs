@@ -131,9 +131,10 @@ create_api_token() {
     | perl -MJSON::PP -e 'local $/; print decode_json(<STDIN>)->{value}')
   pveum acl modify / --tokens '@TOKEN_ID@' --roles @ROLE@
   # gc deletes images it imported: a volume-deleting privilege, granted on that storage alone.
+  # An entry there replaces what / grants, so it carries both roles.
   pveum role add @STORAGE_ROLE@ --privs '@STORAGE_PRIVS@'
-  pveum acl modify /storage/local --users @USERID@ --roles @STORAGE_ROLE@
-  pveum acl modify /storage/local --tokens '@TOKEN_ID@' --roles @STORAGE_ROLE@
+  pveum acl modify /storage/local --users @USERID@ --roles @ROLE@,@STORAGE_ROLE@
+  pveum acl modify /storage/local --tokens '@TOKEN_ID@' --roles @ROLE@,@STORAGE_ROLE@
   [ -n "$TOKEN_SECRET" ]
 }
 
