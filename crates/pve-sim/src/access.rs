@@ -1116,6 +1116,37 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// The simulator faces whatever a client sends: no parameter value, however odd,
+        /// may panic the checks (they slice strings by byte offsets).
+        #[test]
+        fn odd_values_never_panic(
+            key in proptest::sample::select(vec![
+                "net0", "scsi0", "ide2", "unused0", "serial0", "delete", "tags", "storage",
+                "upid", "vnet", "disk", "start", "cicustom", "ha-managed",
+            ]),
+            value in "\\PC{0,40}",
+            old in "\\PC{0,40}",
+        ) {
+            let held = privs(&["VM.Audit"]);
+            let world = Fake(params(&[("scsi0", &old), ("ide2", &old), ("net0", &old)]));
+            let p = params(&[("vmid", "105"), ("node", "pve1"), (key, &value)]);
+            for (method, route) in [
+                ("PUT", "/nodes/{node}/qemu/{vmid}/config"),
+                ("POST", "/nodes/{node}/qemu/{vmid}/config"),
+                ("POST", "/nodes/{node}/qemu"),
+                ("POST", "/nodes/{node}/qemu/{vmid}/clone"),
+                ("PUT", "/nodes/{node}/qemu/{vmid}/resize"),
+                ("GET", "/nodes/{node}/tasks/{upid}/status"),
+                ("PUT", "/cluster/sdn/vnets/{vnet}"),
+            ] {
+                let _ = handler_check(method, route, &p, &world, token(&held));
+            }
+            let _ = (is_cloudinit(&value), is_cdrom(&value), new_disk_storage(&value));
+            let _ = (split_list(&value), nic_bridge(&value), drive_file(&value));
+        }
+    }
+
     #[test]
     fn volume_syntax() {
         assert_eq!(new_disk_storage("local-lvm:8"), Some(Some("local-lvm")));
