@@ -883,6 +883,8 @@ async fn reach(
     let deadline = Instant::now() + Duration::from_secs(600);
     let (method, route) = p.route();
     let base = w.sim.as_ref().map(|s| s.sim().requests().total());
+    // Requests answered when the log was last read: the next wait is for one more.
+    let mut seen = 0;
     loop {
         if let Some(status) = child.try_wait()? {
             bail!(
@@ -893,6 +895,8 @@ async fn reach(
         }
         if let (Some(sim), Some(base)) = (&w.sim, base) {
             // Accepted requests only: the VM-id allocator's clones onto taken ids answer 500.
+            // Count before reading, so a request landing in between wakes the wait below.
+            seen = sim.sim().requests_seen();
             let log = sim.sim().requests();
             let hit = log.entries()[base..]
                 .iter()
@@ -920,9 +924,17 @@ async fn reach(
             "the {} point never came",
             p.name()
         );
-        // Polling a condition, not waiting for time to pass: the interval only bounds how
-        // far past the point the child gets.
-        tokio::time::sleep(Duration::from_millis(if w.sim.is_some() { 1 } else { 100 })).await;
+        match &w.sim {
+            // Woken by the simulator's next request; the bound only lets a child that exited
+            // without one be noticed.
+            Some(sim) => {
+                let next = sim.sim().wait_for_requests(seen + 1);
+                let _ = tokio::time::timeout(Duration::from_millis(100), next).await;
+            }
+            // A real Proxmox tells nothing: poll its state, the interval bounding how far
+            // past the point the child gets.
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
