@@ -245,9 +245,20 @@ fn subnet_params(s: &SubnetInfo) -> Params {
         )
 }
 
+/// The third octets `auto` tries in `192.168.x.0/24` without a configured supernet.
+const DEFAULT_THIRD_OCTETS: std::ops::RangeInclusive<u8> = 2..=252;
+
+/// The range `auto` searched, for [`SdnError::NoFreeSubnet`].
+fn searched(opts: &NetworkOptions) -> String {
+    opts.supernet.clone().unwrap_or_else(|| {
+        let (a, b) = DEFAULT_THIRD_OCTETS.into_inner();
+        format!("192.168.{a}.0-192.168.{b}.255")
+    })
+}
+
 fn candidates(opts: &NetworkOptions) -> Result<Vec<Ipv4Net>, SdnError> {
     match &opts.supernet {
-        None => Ok((2u8..=252)
+        None => Ok(DEFAULT_THIRD_OCTETS
             .map(|x| Ipv4Net::new(Ipv4Addr::new(192, 168, x, 0), 24))
             .collect()),
         Some(s) => {
@@ -423,17 +434,10 @@ async fn auto(
         let Some(net) =
             reservations.reserve_first_free(cands, &taken, &zone, opts.pick == AutoPick::Random)
         else {
-            let supernet = opts
-                .supernet
-                .clone()
-                .unwrap_or_else(|| "192.168.2.0-192.168.252.255".into());
-            return Err(undo(
-                client,
-                made,
-                "choosing a subnet".into(),
-                SdnError::NoFreeSubnet { supernet },
-            )
-            .await);
+            let cause = SdnError::NoFreeSubnet {
+                supernet: searched(opts),
+            };
+            return Err(undo(client, made, "choosing a subnet".into(), cause).await);
         };
         let vnet = auto_vnet_id(&net);
         let p = Params::new().with("vnet", &vnet).with("zone", &zone);
@@ -458,17 +462,11 @@ async fn auto(
         }
     }
     let Some((net, vnet)) = chosen else {
-        let supernet = opts
-            .supernet
-            .clone()
-            .unwrap_or_else(|| "192.168.2.0-192.168.252.255".into());
-        return Err(undo(
-            client,
-            made,
-            format!("choosing a subnet ({AUTO_ATTEMPTS} collisions)"),
-            SdnError::NoFreeSubnet { supernet },
-        )
-        .await);
+        let cause = SdnError::NoFreeSubnet {
+            supernet: searched(opts),
+        };
+        let step = format!("choosing a subnet ({AUTO_ATTEMPTS} collisions)");
+        return Err(undo(client, made, step, cause).await);
     };
     made.push(Made::Vnet(vnet.clone()));
     let subnet = SubnetInfo {

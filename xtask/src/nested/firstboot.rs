@@ -41,6 +41,7 @@ impl FirstBoot {
             .replace("@RESULTS_DEV@", &self.results_device)
             .replace("@ROLE@", ROLE)
             .replace("@PRIVS@", &PRIVILEGES.join(","))
+            .replace("@PVE_SOURCES@", super::PVE_NO_SUBSCRIPTION_SOURCES)
             .replace("@STORAGE_ROLE@", STORAGE_ROLE)
             .replace("@STORAGE_PRIVS@", &STORAGE_PRIVILEGES.join(","))
             .replace("@USERID@", &self.userid())
@@ -96,12 +97,7 @@ use_no_subscription_repo() {
   rm -f /etc/apt/sources.list.d/pve-enterprise.sources /etc/apt/sources.list.d/ceph.sources \
         /etc/apt/sources.list.d/pve-enterprise.list /etc/apt/sources.list.d/ceph.list
   cat > /etc/apt/sources.list.d/pve-no-subscription.sources <<'EOF'
-Types: deb
-URIs: http://download.proxmox.com/debian/pve
-Suites: trixie
-Components: pve-no-subscription
-Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg
-EOF
+@PVE_SOURCES@EOF
 }
 
 install_sdn_dhcp() {

@@ -573,6 +573,16 @@ fn ps(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// Proxmox's no-subscription apt source for trixie: the container that prepares the ISO and
+/// the installed node's first boot both use it.
+pub(crate) const PVE_NO_SUBSCRIPTION_SOURCES: &str = "\
+Types: deb
+URIs: http://download.proxmox.com/debian/pve
+Suites: trixie
+Components: pve-no-subscription
+Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg
+";
+
 /// The script that runs `prepare-iso` inside the container.
 pub fn container_script() -> String {
     format!(
@@ -589,12 +599,7 @@ apt-get install -y -qq --no-install-recommends ca-certificates curl xorriso
 curl -fsSL -o /usr/share/keyrings/proxmox-archive-keyring.gpg \
   https://enterprise.proxmox.com/debian/proxmox-archive-keyring-trixie.gpg
 cat > /etc/apt/sources.list.d/pve-no-subscription.sources <<'EOF'
-Types: deb
-URIs: http://download.proxmox.com/debian/pve
-Suites: trixie
-Components: pve-no-subscription
-Signed-By: /usr/share/keyrings/proxmox-archive-keyring.gpg
-EOF
+{PVE_NO_SUBSCRIPTION_SOURCES}EOF
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends proxmox-auto-install-assistant
 proxmox-auto-install-assistant validate-answer /work/answer.toml

@@ -236,12 +236,7 @@ pub(super) fn handle(st: &mut State, ctx: &Ctx) -> Result<Value, ApiError> {
         ("GET", "/nodes/{node}/qemu/{vmid}/firewall/rules") => {
             let vmid = ctx.vmid();
             st.vm(ctx.node(), vmid)?;
-            let rules = st
-                .firewall
-                .vms
-                .get(&vmid)
-                .map(|f| f.rules.clone())
-                .unwrap_or_default();
+            let rules = vm_rules(st, vmid);
             Ok(rules_json(&rules))
         }
         ("POST", "/nodes/{node}/qemu/{vmid}/firewall/rules") => {
@@ -257,12 +252,7 @@ pub(super) fn handle(st: &mut State, ctx: &Ctx) -> Result<Value, ApiError> {
             let vmid = ctx.vmid();
             st.vm(ctx.node(), vmid)?;
             let p = pos(ctx).unwrap_or(0);
-            let rules = st
-                .firewall
-                .vms
-                .get(&vmid)
-                .map(|f| f.rules.clone())
-                .unwrap_or_default();
+            let rules = vm_rules(st, vmid);
             let all = rules_json(&rules);
             all.get(p)
                 .cloned()
@@ -301,4 +291,13 @@ fn digest(rules: &[Rule]) -> String {
     let mut h = Sha1::new();
     h.update(format!("{rules:?}"));
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A VM's firewall rules (none until a rule or option was set).
+fn vm_rules(st: &State, vmid: u32) -> Vec<Rule> {
+    st.firewall
+        .vms
+        .get(&vmid)
+        .map(|f| f.rules.clone())
+        .unwrap_or_default()
 }
