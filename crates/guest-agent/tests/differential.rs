@@ -60,9 +60,7 @@ async fn process_guest_answers_like_qemu_guest_agent() {
         eprintln!("skipping: no guest image (cargo xtask guest-image)");
         return;
     };
-    if let Err(why) = pve_sim::guest::ProcessGuestFactory::probe() {
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("skipping: {why}");
+    if !pve_sim::guest::ProcessGuestFactory::available_or_skip() {
         return;
     }
     let qemu = Arc::new(

@@ -184,6 +184,22 @@ impl ProcessGuestFactory {
         RESULT.get_or_init(Self::probe_once).clone()
     }
 
+    /// For test suites: whether process guests can run here, saying on stderr why they are
+    /// skipped. With `CI` set a host that cannot run them is a failure, not a skip.
+    pub fn available_or_skip() -> bool {
+        match Self::probe() {
+            Ok(()) => true,
+            Err(why) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "process guests unavailable on CI: {why}"
+                );
+                eprintln!("skipping: process guests unavailable ({why})");
+                false
+            }
+        }
+    }
+
     fn probe_once() -> Result<(), String> {
         if !rustix::process::geteuid().is_root() {
             return Err("process guests need root".into());

@@ -7,17 +7,7 @@ use pvesandbox::{EvalConfig, Settings};
 
 /// Process guests need namespaces (root here). Without them: skip, unless CI says they must work.
 pub fn guests_available() -> bool {
-    match pve_sim::guest::ProcessGuestFactory::probe() {
-        Ok(()) => true,
-        Err(why) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "process guests unavailable on CI: {why}"
-            );
-            eprintln!("skipping: process guests unavailable ({why})");
-            false
-        }
-    }
+    pve_sim::guest::ProcessGuestFactory::available_or_skip()
 }
 
 /// A simulator with instant tasks, and settings pointing at it.
