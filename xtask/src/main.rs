@@ -6,7 +6,8 @@
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
 //! - `cargo xtask bench [client|agent|pool|sandbox]` — release-mode figures: REST calls and wall time of
 //!   the core flow; REST calls and p50/p99 of guest-agent exec and file transfers; leases per
-//!   second and acquire latency of the pool.
+//!   second and acquire latency of the pool; a sample's calls and phases (`sandbox --realistic
+//!   [FACTOR]`: at PVE-like task durations, the doubling and learned poll schedules side by side).
 //! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
 //! - `cargo xtask test-inspect` — the Inspect AI adapter: builds its wheel into
@@ -144,9 +145,12 @@ fn main() -> Result<()> {
                 .run()?;
             }
             if matches!(which, "all" | "sandbox") {
+                // `bench sandbox --realistic [FACTOR]`: PVE-like task durations, both poll
+                // schedules side by side.
+                let rest = args.get(2..).unwrap_or_default();
                 cmd!(
                     sh,
-                    "cargo run --release --quiet -p pvesandbox --example sample_bench"
+                    "cargo run --release --quiet -p pvesandbox --example sample_bench -- {rest...}"
                 )
                 .run()?;
             }

@@ -232,22 +232,35 @@ impl GuestAgent {
     }
 
     /// Pings until the agent answers or `deadline` passes (then [`Error::AgentUnavailable`]).
-    /// Starts at 10 ms between pings and backs off to 500 ms: a booting VM is not worth
-    /// hammering, a restored one answers within milliseconds.
+    /// Paced by the client's [`Pacer`](pve_client::Pacer) under the kind `agent-ready`: the
+    /// first wait pings at once, then from 10 ms doubling to 500 ms (a booting VM is not worth
+    /// hammering, a restored one answers within milliseconds); later waits ping first just
+    /// before the time the last ones took.
     pub async fn wait_ready(&self, deadline: Instant) -> Result<()> {
-        let mut pause = Duration::from_millis(10);
+        let mut schedule = self.inner.client.pacer().schedule(
+            "agent-ready",
+            Duration::from_millis(10),
+            Duration::from_millis(500),
+        );
+        let mut pause = schedule.first();
         loop {
+            if !pause.is_zero() {
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+            }
             match self.ping().await {
-                Ok(()) => return Ok(()),
-                Err(e @ Error::AgentUnavailable { .. }) if Instant::now() + pause >= deadline => {
+                Ok(()) => {
+                    schedule.done();
+                    return Ok(());
+                }
+                Err(e @ Error::AgentUnavailable { .. }) if Instant::now() >= deadline => {
                     return Err(e);
                 }
                 Err(Error::AgentUnavailable { .. }) => {}
-                Err(Error::Api(e)) if e.is_retryable() && Instant::now() + pause < deadline => {}
+                Err(Error::Api(e)) if e.is_retryable() && Instant::now() < deadline => {}
                 Err(e) => return Err(e),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            pause = schedule.after_pending();
         }
     }
 

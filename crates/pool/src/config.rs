@@ -8,8 +8,8 @@
 //!
 //! Our additions (all optional): `token_id` + `token_secret` (API token instead of the
 //! password), `fingerprint` (pin the certificate), `ca_file`, `max_samples` (samples at once;
-//! 1 reproduces the peer's one-sample-per-host), `ram_mb` and `vcpus` budgets, and `vmid_range`
-//! (`"9100-9199"` or `[9100, 9199]`).
+//! 1 reproduces the peer's one-sample-per-host), `ram_mb` and `vcpus` budgets, `vmid_range`
+//! (`"9100-9199"` or `[9100, 9199]`), and `task_polling` (`learned` or `doubling`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -168,6 +168,21 @@ pub struct InstanceConfig {
     /// VM ids this instance may use.
     #[serde(default)]
     pub vmid_range: Option<VmidRange>,
+    /// How task and agent waits pace their polls: `learned` (default) or `doubling` (the
+    /// same schedule every time; for comparing, or when task times vary wildly).
+    #[serde(default)]
+    pub task_polling: TaskPolling,
+}
+
+/// [`InstanceConfig::task_polling`], in the config file's spelling.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskPolling {
+    /// Around what the last waits of the same kind took ([`pve_client::Pacing::Learned`]).
+    #[default]
+    Learned,
+    /// From 2 ms doubling to a cap, every time ([`pve_client::Pacing::Doubling`]).
+    Doubling,
 }
 
 impl fmt::Debug for InstanceConfig {
@@ -286,6 +301,10 @@ impl InstanceConfig {
         for h in &self.extra_headers {
             b = b.header(&h.name, &h.value);
         }
+        b = b.pacing(match self.task_polling {
+            TaskPolling::Learned => pve_client::Pacing::Learned,
+            TaskPolling::Doubling => pve_client::Pacing::Doubling,
+        });
         b.build().map_err(|e| PoolError::Config {
             field: self.field("host"),
             message: e.to_string(),

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 
 pub use allocator::{AllocError, VmidAllocator};
-pub use config::{HttpHeader, InstanceConfig, InstancesFile, VmidRange};
+pub use config::{HttpHeader, InstanceConfig, InstancesFile, TaskPolling, VmidRange};
 pub use error::PoolError;
 pub use instance::{InstanceActor, InstanceHandle, InstanceInfo};
 pub use runtime::ActorRuntime;

@@ -62,6 +62,7 @@ pub(crate) struct Inner {
     token_header: Option<HeaderValue>,
     tickets: TicketStore,
     retries: u32,
+    pacer: crate::pace::Pacer,
 }
 
 impl fmt::Debug for PveClient {
@@ -88,6 +89,7 @@ pub struct PveClientBuilder {
     headers: HeaderMap,
     retries: u32,
     renew_after: Duration,
+    pacing: crate::Pacing,
     error: Option<Error>,
 }
 
@@ -113,6 +115,7 @@ impl PveClient {
             headers: HeaderMap::new(),
             retries: 2,
             renew_after: Duration::from_secs(105 * 60),
+            pacing: crate::Pacing::default(),
             error: None,
         }
     }
@@ -221,6 +224,12 @@ impl PveClientBuilder {
         self
     }
 
+    /// How task and agent waits schedule their polls (default [`Pacing::Learned`](crate::Pacing)).
+    pub fn pacing(mut self, pacing: crate::Pacing) -> Self {
+        self.pacing = pacing;
+        self
+    }
+
     /// Builds the client. Fails with [`Error::Config`] naming the field at fault.
     pub fn build(self) -> Result<PveClient> {
         if let Some(e) = self.error {
@@ -284,6 +293,7 @@ impl PveClientBuilder {
                 token_header,
                 tickets: TicketStore::new(self.renew_after),
                 retries: self.retries,
+                pacer: crate::pace::Pacer::new(self.pacing),
             }),
         })
     }
@@ -336,6 +346,11 @@ impl PveClient {
     /// Who this client authenticates as.
     pub fn principal(&self) -> &str {
         self.inner.credentials.principal()
+    }
+
+    /// The poll schedules this client (and its clones) learned; guest-agent waits use it too.
+    pub fn pacer(&self) -> &crate::Pacer {
+        &self.inner.pacer
     }
 
     /// `GET path` with query parameters; returns `data` as JSON.

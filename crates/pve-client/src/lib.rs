@@ -7,8 +7,9 @@
 //!   pooled keep-alive connection set for every call including uploads;
 //! - single-flight ticket renewal (before the 2 h expiry, and once on a 401);
 //! - typed calls for guests, tasks, storage and pools, plus raw [`PveClient::get`]/`post`/`put`/`delete`;
-//! - [`Upid`] and [`PveClient::wait_task`], which polls from 2 ms up to 250 ms until the task ends and
-//!   turns anything but `OK` into [`Error::Task`] with the log's tail;
+//! - [`Upid`] and [`PveClient::wait_task`], which polls until the task ends on a schedule learned
+//!   per task type (a [`Pacer`]: the first poll just before the usual end, then 2 ms doubling
+//!   to 250 ms) and turns anything but `OK` into [`Error::Task`] with the log's tail;
 //! - one [`Error`] enum with PVE's status, message and per-field errors, and predicates such as
 //!   [`Error::is_retryable`].
 //!
@@ -35,6 +36,7 @@ mod auth;
 mod client;
 mod error;
 pub mod lenient;
+mod pace;
 mod params;
 mod propstring;
 mod secret;
@@ -50,6 +52,7 @@ pub use api::{
 pub use auth::Credentials;
 pub use client::{Method, PveClient, PveClientBuilder};
 pub use error::{Error, Result};
+pub use pace::{Pacer, Pacing, Schedule};
 pub use params::{ParamValue, Params};
 pub use propstring::PropertyString;
 pub use secret::Secret;

@@ -1,9 +1,10 @@
 //! Waiting for PVE tasks.
 //!
-//! Polling starts at 2 ms and doubles up to a cap (250 ms by default): an instant simulator
-//! answers in two or three polls, a real 8 s VM start costs about 35, and no fixed sleep is
-//! ever paid up front. The deadline is checked before every poll; the last interval is
-//! shortened so we never oversleep it.
+//! Polls follow the client's [`Pacer`](crate::Pacer), keyed by the task's worker type: the
+//! first wait of a type polls at once and then from 2 ms doubling up to a cap (250 ms by
+//! default), so an instant simulator answers in one or two polls and a real 8 s VM start costs
+//! about 39; later waits of that type poll first just before the learned end, one to three
+//! calls. The deadline is checked after every poll; no sleep runs past it.
 
 use std::time::{Duration, Instant};
 
@@ -55,14 +56,37 @@ impl PveClient {
     /// Waits until the task stops. `OK` and `WARNINGS: N` are success; anything else is
     /// [`Error::Task`] with the exit status and the log's last lines.
     pub async fn wait_task(&self, upid: &Upid, opts: WaitOptions) -> Result<TaskStatus> {
+        self.wait_task_counted(upid, opts).await.map(|(s, _)| s)
+    }
+
+    /// [`wait_task`](Self::wait_task), also saying how many status polls it made.
+    pub async fn wait_task_counted(
+        &self,
+        upid: &Upid,
+        opts: WaitOptions,
+    ) -> Result<(TaskStatus, u32)> {
         let started = Instant::now();
         let deadline = started + opts.timeout;
-        let mut interval = opts.initial_interval;
+        let mut schedule = self.pacer().schedule_since(
+            upid.task_type(),
+            upid.received(),
+            opts.initial_interval,
+            opts.max_interval,
+        );
+        let mut delay = schedule.first();
         loop {
+            if !delay.is_zero() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(delay.min(left)).await;
+            }
             let status = self.task_status(upid).await?;
             if status.is_stopped() {
+                let polls = schedule.polls();
                 if status.is_ok() {
-                    return Ok(status);
+                    // A failed task often ends early (a lock, a refusal): only successes
+                    // teach how long this type takes.
+                    schedule.done();
+                    return Ok((status, polls));
                 }
                 let exitstatus = status
                     .exitstatus
@@ -81,8 +105,7 @@ impl PveClient {
                     waited: now - started,
                 });
             }
-            tokio::time::sleep(interval.min(deadline - now)).await;
-            interval = (interval * 2).min(opts.max_interval);
+            delay = schedule.after_pending();
         }
     }
 

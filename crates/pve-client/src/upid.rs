@@ -6,12 +6,19 @@
 //! We keep the original text so `Display` reproduces exactly what PVE sent.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::time::Instant;
 
-/// A parsed PVE task id (UPID). `Display` gives back the exact original string.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// A parsed PVE task id (UPID). `Display` gives back the exact original string; equality and
+/// hashing look at that string alone.
+#[derive(Clone)]
 pub struct Upid {
     raw: String,
+    /// When this process parsed it: for a UPID from a response, about when the task started.
+    /// Task waits pace their polls from here, so a wait that begins late does not wait again
+    /// for time that has already passed.
+    received: Instant,
     node: String,
     pid: u32,
     pstart: u64,
@@ -80,6 +87,24 @@ impl Upid {
     pub fn as_str(&self) -> &str {
         &self.raw
     }
+    /// When this process parsed it (see the field's note).
+    pub fn received(&self) -> Instant {
+        self.received
+    }
+}
+
+impl PartialEq for Upid {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Upid {}
+
+impl Hash for Upid {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.raw.hash(state);
+    }
 }
 
 fn is_hex(s: &str, min: usize, max: usize) -> bool {
@@ -128,6 +153,7 @@ impl FromStr for Upid {
             return Err(err("type and user must be non-empty; no `/` or whitespace"));
         }
         Ok(Upid {
+            received: Instant::now(),
             raw: s.to_owned(),
             node: node.to_owned(),
             pid: u32::from_str_radix(pid, 16).map_err(|_| err("pid out of range"))?,

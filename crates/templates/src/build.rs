@@ -189,6 +189,18 @@ impl Templates {
         Ok(digest)
     }
 
+    /// Whether a listed template of ours is done converting: PVE writes `template: 1` before
+    /// its `qmtemplate` worker turns the disks into base volumes (and leaves it when that
+    /// fails), so the flag alone can show a template that cannot be linked-cloned yet.
+    async fn converted(&self, e: &VmEntry, key: &str) -> Result<bool> {
+        let cfg = self.pve.node(&self.cfg.node).qemu(e.vmid).config().await?;
+        let disk = boot_disk_of_key(key);
+        // `local-lvm:base-9000-disk-0`, or on a directory `local:9000/base-9000-disk-0.qcow2`.
+        let file = cfg.get(&disk).unwrap_or_default();
+        let volname = file.split(',').next().and_then(|f| f.split_once(':'));
+        Ok(volname.is_some_and(|(_, v)| v.split('/').any(|p| p.starts_with("base-"))))
+    }
+
     /// A template from a listing entry.
     fn template_of(&self, e: &VmEntry, key: &str) -> Template {
         Template {
@@ -378,9 +390,11 @@ pub(crate) async fn ensure(
             .filter(ours)
             .filter(|e| is_template(e))
             .min_by_key(|e| e.vmid)
+            && t.converted(e, &plan.key).await?
         {
             return Ok(t.template_of(e, &plan.key));
         }
+        // Not converted yet: a build in progress like any other claim (taken over once stale).
         if let Some(c) = list.iter().filter(ours).min_by_key(|e| e.vmid) {
             let age = started_at(&tags_of(c)).map(|s| unix_now().saturating_sub(s));
             if age.is_none_or(|a| a > t.cfg.stale_after.as_secs()) {

@@ -228,34 +228,5 @@ pub async fn finish_clone(
 
 /// Waits for a task and returns how many status polls it took.
 async fn wait_counting(pve: &PveClient, upid: &pve_client::Upid, wait: WaitOptions) -> Result<u32> {
-    // `wait_task` does not report its polls; count them with our own loop on its schedule.
-    let deadline = std::time::Instant::now() + wait.timeout;
-    let mut interval = wait.initial_interval;
-    let mut polls = 0;
-    loop {
-        let s = pve.task_status(upid).await?;
-        polls += 1;
-        if s.is_stopped() {
-            if s.is_ok() {
-                return Ok(polls);
-            }
-            // Let the client build its error with the log tail.
-            pve.wait_task(upid, wait).await?;
-            return Ok(polls + 1);
-        }
-        if std::time::Instant::now() >= deadline {
-            pve.wait_task(
-                upid,
-                WaitOptions {
-                    timeout: std::time::Duration::ZERO,
-                    ..wait
-                },
-            )
-            .await?;
-            return Ok(polls + 1);
-        }
-        // The task runs on PVE; poll on the client's doubling schedule under the deadline.
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(wait.max_interval);
-    }
+    Ok(pve.wait_task_counted(upid, wait).await?.1)
 }

@@ -190,7 +190,9 @@ impl Templates {
     }
 
     /// The template for `source`, built with default [`BakeOptions`] when missing. When it
-    /// exists this is one listing call (plus hashing an OVA the first time in a process).
+    /// exists this is one listing and one config read, which tells a converted template from
+    /// one PVE has flagged `template` but whose disks it is still converting (plus hashing an
+    /// OVA the first time in a process).
     pub async fn ensure_template(
         &self,
         source: &VmSource,
