@@ -375,8 +375,10 @@ async fn finish<A: Applier + ?Sized>(
 
 async fn existing(client: &PveClient, opts: &NetworkOptions) -> Result<Network, SdnError> {
     let path = "/cluster/sdn/vnets";
+    // Only applied vnets are bridges a VM can start on; PVE's default listing is the edited
+    // configuration, which also holds vnets nobody applied yet.
     let v = client
-        .get(path, &Params::new())
+        .get(path, &Params::new().with("running", true))
         .await
         .map_err(api(format!("GET {path}")))?;
     let existing = array(v, path)?

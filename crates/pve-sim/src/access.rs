@@ -173,7 +173,9 @@ pub fn required(method: &str, route: &str) -> Check {
             _,
         )
         | ("POST", "/nodes/{node}/qemu", _)
-        | ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}", _) => Check::All,
+        | ("GET" | "PUT" | "DELETE", "/nodes/{node}/storage/{storage}/content/{volume}", _) => {
+            Check::All
+        }
         // Vnets and subnets say in prose what they need; their handlers check it.
         (_, r, _) if r.starts_with("/cluster/sdn/vnets/{vnet}") => Check::All,
         ("GET", "/nodes/{node}/status", _) => perm("/nodes/{node}", &["Sys.Audit"]),
@@ -433,6 +435,33 @@ pub(crate) fn handler_check(
         ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
             steps.check("", &perm("/storage/{storage}", &["Datastore.Allocate"]))?;
         }
+        ("GET" | "PUT", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            // pve-storage `check_volume_access`: templates and ISOs need read access to the
+            // storage, a guest's disk also its VM's disk privilege, anything else the
+            // storage's administrator.
+            let volume = params.get("volume").map(String::as_str).unwrap_or_default();
+            let (storage, name) = match volume.split_once(':') {
+                Some((sid, name)) => (sid, name),
+                None => (
+                    params
+                        .get("storage")
+                        .map(String::as_str)
+                        .unwrap_or_default(),
+                    volume,
+                ),
+            };
+            let at = format!("/storage/{storage}");
+            match (name.split_once('/').map(|(c, _)| c), volume_owner(name)) {
+                (Some("iso" | "vztmpl" | "import"), _) => {
+                    steps.any(&at, &["Datastore.AllocateSpace", "Datastore.Audit"])?;
+                }
+                (_, Some(vmid)) => {
+                    steps.all(&at, &["Datastore.Audit"])?;
+                    steps.all(&format!("/vms/{vmid}"), &["VM.Config.Disk"])?;
+                }
+                _ => steps.all(&at, &["Datastore.Allocate"])?,
+            }
+        }
         _ => {}
     }
     Ok(())
@@ -587,6 +616,22 @@ impl Steps<'_> {
     }
 }
 
+/// The guest owning a volume by its name (pve-storage `parse_volname`: `vm-100-disk-0`,
+/// `base-100-disk-0`, `100/vm-100-disk-0.qcow2`, a linked clone's `base-100-disk-0/vm-101-...`
+/// belongs to the clone), if any.
+pub(crate) fn volume_owner(volume: &str) -> Option<u32> {
+    let name = volume.split_once(':').map_or(volume, |(_, n)| n);
+    let file = name.rsplit('/').next().unwrap_or(name);
+    let rest = file
+        .strip_prefix("vm-")
+        .or_else(|| file.strip_prefix("base-"))?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[digits..]
+        .starts_with('-')
+        .then(|| rest[..digits].parse().ok())
+        .flatten()
+}
+
 fn vm_path(vmid: u32) -> String {
     format!("/vms/{vmid}")
 }
@@ -645,7 +690,8 @@ fn drive_file(value: &str) -> &str {
         .unwrap_or_default()
 }
 
-fn is_cdrom(value: &str) -> bool {
+/// qemu-server's `drive_is_cdrom`, as a drive value (`none,media=cdrom`, `cdrom`).
+pub(crate) fn is_cdrom(value: &str) -> bool {
     value.split(',').any(|p| p == "media=cdrom") || drive_file(value) == "cdrom"
 }
 

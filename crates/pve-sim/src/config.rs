@@ -117,6 +117,15 @@ pub struct StorageConfig {
     pub shared: bool,
 }
 
+/// The datacenter's `tag-style` as far as storing tags goes (`datacenter.cfg`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagStyle {
+    /// `case-sensitive=1`: tags keep their case and sort case-sensitively (default: lower-cased).
+    pub case_sensitive: bool,
+    /// `ordering=config`: tags keep the order they were given in (default: sorted).
+    pub ordering_config: bool,
+}
+
 /// Everything [`crate::PveSim::start`] needs.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -153,6 +162,8 @@ pub struct SimConfig {
     /// specific entry covering a path decides, replacing what `/` grants there; only
     /// meaningful with `privileges` set.
     pub acl: Vec<(String, Vec<String>)>,
+    /// How guests' `tags` are normalised when stored.
+    pub tag_style: TagStyle,
 }
 
 impl SimConfig {
@@ -193,6 +204,7 @@ impl SimConfig {
             guests: None,
             privileges: None,
             acl: Vec::new(),
+            tag_style: TagStyle::default(),
         }
     }
 

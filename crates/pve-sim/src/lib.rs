@@ -39,6 +39,7 @@ mod log;
 mod propstring;
 pub mod routes;
 mod sdn;
+mod seed;
 mod server;
 pub mod spec;
 mod state;
@@ -51,11 +52,12 @@ use std::time::{Duration, Instant};
 use sha2::Digest;
 use tokio::sync::watch;
 
-pub use config::{GuestBackend, LatencyProfile, SimConfig, StorageConfig, TaskKind};
+pub use config::{GuestBackend, LatencyProfile, SimConfig, StorageConfig, TagStyle, TaskKind};
 pub use error::ApiError;
 pub use faults::FaultError;
 pub use log::{LoggedRequest, RequestLog};
 pub use sdn::SdnConfig;
+pub use seed::{Seed, SeedError, SeedVm, SeedVolume};
 // ---- firewall (pve-sdn) ----
 pub use firewall::{Firewall, Group, Rule, VmFirewall};
 
@@ -285,6 +287,28 @@ impl PveSim {
         let mut st = self.shared.lock();
         st.vms.insert(seed.vmid, vm);
         st.reconcile_guests(&self.shared);
+    }
+
+    /// Adds everything `seed` holds, after checking all of it (nothing is added on an error,
+    /// which names the entry and field).
+    pub fn seed(&self, seed: &Seed) -> Result<(), SeedError> {
+        let r = seed.resolve(&self.shared.cfg)?;
+        if let Some(v) = r.vms.iter().find(|v| self.vm_config(v.vmid).is_some()) {
+            return Err(SeedError {
+                field: "vms".into(),
+                message: format!("VM {} already exists", v.vmid),
+            });
+        }
+        for vm in r.vms {
+            self.add_vm(vm);
+        }
+        let mut st = self.shared.lock();
+        for (key, vol) in r.volumes {
+            let list = st.volumes.entry(key).or_default();
+            list.retain(|v| v.volid != vol.volid);
+            list.push(vol);
+        }
+        Ok(())
     }
 
     /// A VM's stored config (every value a string), or `None`.

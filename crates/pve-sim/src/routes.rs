@@ -661,11 +661,43 @@ pub static ROUTES: &[RouteSpec] = &[
         vmid?     integer min=100 max=999999999 format=pve-vmid
         ",
     },
+    // `storage` is in the path yet optional on every `content/{volume}` route: `volume` may be
+    // a full volume ID (`local:iso/x.iso`) that names its storage itself. It takes the rest of
+    // the path, `/` included (see `spec::GREEDY`).
+    RouteSpec {
+        method: "GET",
+        path: "/nodes/{node}/storage/{storage}/content/{volume}",
+        params: "
+        node      string  format=pve-node
+        storage?  string  format=pve-storage-id
+        volume    string
+        ",
+    },
+    RouteSpec {
+        method: "PUT",
+        path: "/nodes/{node}/storage/{storage}/content/{volume}",
+        params: "
+        node        string  format=pve-node
+        notes?      string
+        protected?  boolean
+        storage?    string  format=pve-storage-id
+        volume      string
+        ",
+    },
+    RouteSpec {
+        method: "POST",
+        path: "/nodes/{node}/storage/{storage}/content/{volume}",
+        params: "
+        node          string  format=pve-node
+        storage?      string  format=pve-storage-id
+        target        string
+        target_node?  string  format=pve-node
+        volume        string
+        ",
+    },
     RouteSpec {
         method: "DELETE",
         path: "/nodes/{node}/storage/{storage}/content/{volume}",
-        // `storage` is in the path yet optional: `volume` may be a full volume ID
-        // (`local:iso/x.iso`) that names its storage itself.
         params: "
         delay?    integer min=1 max=30
         node      string  format=pve-node

@@ -223,18 +223,30 @@ pub fn find_route(method: &str, path: &str) -> Result<(&'static Route, PathVars)
         .collect();
     let mut path_known = false;
     for r in routes() {
-        if r.segments.len() != segs.len() {
+        let greedy = r.segments.last() == Some(&GREEDY);
+        if r.segments.len() != segs.len() && !(greedy && segs.len() > r.segments.len()) {
             continue;
         }
         let mut vars = Vec::new();
-        let ok = r.segments.iter().zip(&segs).all(|(pat, seg)| {
-            if pat.starts_with('{') {
-                vars.push((pat.trim_matches(['{', '}']).to_owned(), seg.clone()));
-                !seg.is_empty()
-            } else {
-                pat == seg
-            }
-        });
+        let last = r.segments.len() - 1;
+        let ok = r
+            .segments
+            .iter()
+            .zip(&segs)
+            .enumerate()
+            .all(|(i, (pat, seg))| {
+                if pat.starts_with('{') {
+                    let value = if i == last && greedy {
+                        segs[i..].join("/")
+                    } else {
+                        seg.clone()
+                    };
+                    vars.push((pat.trim_matches(['{', '}']).to_owned(), value));
+                    !seg.is_empty()
+                } else {
+                    pat == seg
+                }
+            });
         if ok {
             if r.method == method {
                 return Ok((r, vars));
@@ -244,6 +256,12 @@ pub fn find_route(method: &str, path: &str) -> Result<(&'static Route, PathVars)
     }
     Err(path_known)
 }
+
+/// A trailing placeholder that takes the rest of the path, slashes included: pve-storage
+/// mounts its content API with `fragmentDelimiter => ''` (`API2/Storage/Status.pm`), so
+/// everything after `content/` is one volume id (`local:iso/x.iso`), sent as it is or with
+/// its `/` percent-encoded.
+const GREEDY: &str = "{volume}";
 
 /// Parameters as received: name to values (several for repeated keys).
 pub type RawParams = BTreeMap<String, Vec<String>>;

@@ -101,6 +101,10 @@ pub struct Volume {
     pub members: Vec<(String, u64)>,
     /// What the file is as a NoCloud seed, for an ISO that is one.
     pub seed: Option<crate::image::NoCloudSeed>,
+    /// Its `notes` attribute.
+    pub notes: Option<String>,
+    /// Its `protected` attribute.
+    pub protected: bool,
 }
 
 /// A task, running or stopped.
@@ -360,9 +364,17 @@ impl State {
             t.endtime = Some(unix_now());
             match outcome {
                 Ok(lines) => {
+                    // `RESTEnvironment::log_warn` counts `WARN:` lines; a worker that warned
+                    // still succeeds, but ends as `WARNINGS: n`, not `OK`.
+                    let warnings = lines.iter().filter(|l| l.starts_with("WARN: ")).count();
                     t.log.extend(lines);
-                    t.log.push("TASK OK".into());
-                    t.exitstatus = Some("OK".into());
+                    if warnings == 0 {
+                        t.log.push("TASK OK".into());
+                        t.exitstatus = Some("OK".into());
+                    } else {
+                        t.log.push(format!("TASK WARNINGS: {warnings}"));
+                        t.exitstatus = Some(format!("WARNINGS: {warnings}"));
+                    }
                 }
                 Err(msg) => {
                     t.log.push(format!("TASK ERROR: {msg}"));

@@ -76,8 +76,16 @@ async fn pending_listings_have_pves_shape() {
         (&json!("zone1"), &json!("10.9.0.0/24"), &json!("24"))
     );
     assert_eq!(s["pending"]["gateway"], "10.9.0.1");
+    // pve-network's index handlers list the edited configuration unless asked otherwise:
+    // a vnet nobody applied yet is listed, but not among the running ones.
     assert_eq!(
         raw.call("GET", "/cluster/sdn/vnets", &[]).await.data(),
+        &json!([{"vnet": "vnet1", "zone": "zone1", "alias": "lan side"}])
+    );
+    assert_eq!(
+        raw.call("GET", "/cluster/sdn/vnets", &[("running", "1")])
+            .await
+            .data(),
         &json!([])
     );
 

@@ -190,7 +190,9 @@ async fn sdn_changes_pend_until_applied() {
         .await;
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(
-        raw.call("GET", "/cluster/sdn/zones", &[]).await.data(),
+        raw.call("GET", "/cluster/sdn/zones", &[("running", "1")])
+            .await
+            .data(),
         &json!([]),
         "running view is empty before apply"
     );

@@ -131,6 +131,10 @@ pub struct SimArgs {
     /// Guests that run commands (Linux namespaces); without it, guests answer pings only.
     #[arg(long)]
     pub process_guests: bool,
+    /// VMs, templates and storage content to start with (YAML, JSON or TOML by extension;
+    /// see `pve_sim::Seed`).
+    #[arg(long, value_name = "FILE")]
+    pub seed: Option<std::path::PathBuf>,
 }
 
 /// Reads an eval config file by extension (JSON, YAML, TOML).
@@ -485,16 +489,63 @@ pub async fn gc(ctx: &Ctx, a: GcArgs) -> Result<i32, Error> {
 
 /// `sim`: serves until Ctrl-C, printing the variables that point pvesandbox at it.
 pub async fn sim(a: SimArgs) -> Result<i32, Error> {
-    let sim = pvesandbox::embedded::start_sim(pvesandbox::embedded::SimOptions {
+    // Read the seed before anything starts, so a bad file fails fast and leaves nothing.
+    let seed = a.seed.as_deref().map(load_seed).transpose()?;
+    let sim = pvesandbox::embedded::start_demo_sim_with(pvesandbox::embedded::SimOptions {
         port: a.port,
         realistic: a.realistic,
         process_guests: a.process_guests,
     })
     .await?;
-    println!("pve-sim listening on {}", sim.url());
+    if let (Some(seed), Some(path)) = (&seed, &a.seed) {
+        sim.sim().seed(seed).map_err(|e| Error::Config {
+            field: format!("sim --seed ({})", e.field),
+            value: path.display().to_string(),
+            fix: e.message,
+        })?;
+    }
+    println!("pve-sim listening on {}", sim.sim().url());
+    println!("# an API token with the privileges pvesandbox needs, and the built-in image mirror:");
     for (k, v) in sim.env() {
         println!("export {k}={v}");
     }
-    let _ = tokio::signal::ctrl_c().await;
+    let (user, password) = sim.embedded().password_login();
+    let (name, realm) = user.split_once('@').unwrap_or((user, "pam"));
+    println!("# or a password login as the administrator ({user}, every privilege):");
+    println!("#   export PROXMOX_USER={name} PROXMOX_REALM={realm} PROXMOX_PASSWORD={password}");
+    println!("#   (and unset PROXMOX_TOKEN_ID PROXMOX_TOKEN_SECRET)");
+    // SIGTERM (what service managers and `kill` send) stops it as Ctrl-C does: dropping the
+    // simulator powers its guests off and removes their directories.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Config {
+            field: "sim".into(),
+            value: e.to_string(),
+            fix: "cannot install a SIGTERM handler; stop the simulator with Ctrl-C".into(),
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(sim);
     Ok(0)
+}
+
+/// Reads a `sim --seed` file by extension (YAML, TOML, else JSON).
+fn load_seed(path: &std::path::Path) -> Result<pve_sim::Seed, Error> {
+    use figment::Figment;
+    use figment::providers::{Format, Json, Toml, Yaml};
+    let bad = |fix: String| Error::Config {
+        field: "sim --seed".into(),
+        value: path.display().to_string(),
+        fix,
+    };
+    if !path.is_file() {
+        return Err(bad("no such file".into()));
+    }
+    let fig = match path.extension().and_then(|e| e.to_str()) {
+        Some("yaml" | "yml") => Figment::from(Yaml::file_exact(path)),
+        Some("toml") => Figment::from(Toml::file_exact(path)),
+        _ => Figment::from(Json::file_exact(path)),
+    };
+    fig.extract().map_err(|e| bad(e.to_string()))
 }

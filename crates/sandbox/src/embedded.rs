@@ -156,6 +156,12 @@ impl EmbeddedSim {
         cfg.client().map_err(Error::from_pool)
     }
 
+    /// The password login of its administrator (`root@pam`, every privilege), which many
+    /// clients use instead of a token.
+    pub fn password_login(&self) -> (&str, &str) {
+        (&self.admin_user, &self.admin_password)
+    }
+
     /// The `PROXMOX_*` variables that point pvesandbox (or the peer) at it.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut v = vec![
@@ -325,6 +331,26 @@ impl DemoSim {
     pub fn embedded(&self) -> &EmbeddedSim {
         &self.sim
     }
+    /// What another process needs to run `pvesandbox up` against it: the `PROXMOX_*` of
+    /// [`EmbeddedSim::env`] plus the built-in image served by the loopback mirror and the
+    /// bridge template builds use, as `PVESANDBOX_*` settings.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let (_, url, sha) = &self.images[0];
+        let mut v = self.sim.env();
+        v.extend([
+            (
+                "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__URL".into(),
+                url.clone(),
+            ),
+            (
+                "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__SHA256".into(),
+                sha.clone(),
+            ),
+            ("PVESANDBOX_IMAGES__BAKE_BRIDGE".into(), "vmbr0".into()),
+        ]);
+        v
+    }
+
     /// `settings` pointed at the simulator (2 samples at once) and the loopback mirror.
     pub fn settings(&self, mut settings: crate::Settings) -> Result<crate::Settings, Error> {
         settings.instances = vec![self.sim.instance("sim", "default", 2)];

@@ -124,3 +124,129 @@ fn bad_configuration_exits_2_naming_the_field() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["exit_code"], 2);
 }
+
+/// `pvesandbox sim` as another client meets it: a seeded world, the exports and password
+/// login it prints, `up` and `down` against it through its image mirror, and SIGTERM
+/// stopping it as Ctrl-C does, with its guests' directories removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sim_serves_a_seeded_world_and_sigterm_removes_its_guests() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    if !guests_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(
+        &seed,
+        "vms:\n  - {vmid: 100, name: web, running: true, config: {memory: 1024}}\n\
+         volumes:\n  - {storage: local, content: iso, filename: tools.iso, size: 4096}\n",
+    )
+    .unwrap();
+    // Process guests live under TMPDIR: what must be gone once the simulator stopped.
+    let guests = dir.path().join("guests");
+    std::fs::create_dir(&guests).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pvesandbox"))
+        .args(["sim", "--port", "0", "--process-guests", "--seed"])
+        .arg(&seed)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", &guests)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut env = Vec::new();
+    let mut login = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(kv) = line.strip_prefix("export ") {
+            let (k, v) = kv.split_once('=').unwrap();
+            env.push((k.to_owned(), v.to_owned()));
+        } else if let Some(l) = line.strip_prefix("#   export ") {
+            login = Some(l.to_owned());
+            break;
+        }
+    }
+    let var = |k: &str| env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    // The password login it prints works, and the seed is there.
+    let login = login.expect("a password login line");
+    let field = |k: &str| {
+        login
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_owned()
+    };
+    let client = pve_client::PveClient::builder()
+        .base_url(format!("https://127.0.0.1:{}", var("PROXMOX_PORT")))
+        .password(
+            format!("{}@{}", field("PROXMOX_USER"), field("PROXMOX_REALM")),
+            field("PROXMOX_PASSWORD"),
+        )
+        .fingerprint(&var("PROXMOX_FINGERPRINT"))
+        .build()
+        .unwrap();
+    let node = var("PROXMOX_NODE");
+    let vms = client
+        .get(&format!("/nodes/{node}/qemu"), &Default::default())
+        .await
+        .unwrap();
+    assert!(
+        vms.as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["vmid"] == 100 && v["status"] == "running"),
+        "{vms}"
+    );
+    let isos = client
+        .get(
+            &format!("/nodes/{node}/storage/local/content/local:iso/tools.iso"),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(isos["size"], 4096);
+
+    // `up` and `down` with nothing but what it printed (and an image cache).
+    env.push((
+        "PVESANDBOX_IMAGES__CACHE_DIR".into(),
+        dir.path().join("cache").display().to_string(),
+    ));
+    let eval = dir.path().join("eval.yaml");
+    std::fs::write(
+        &eval,
+        "vms_config:\n  - vm_source_config: {built_in: debian13}\n    ram_mb: 512\n    vcpus: 1\n",
+    )
+    .unwrap();
+    let (up, down) = tokio::task::spawn_blocking(move || {
+        let cli = Cli { env };
+        let up: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["--json", "up", "--eval", eval.to_str().unwrap()]))
+                .unwrap();
+        let run = up["run"].as_str().unwrap().to_owned();
+        (up, cli.ok(&["down", &run]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(up["sandboxes"][0]["name"], "default", "{up}");
+    assert!(down.contains("removed 1 VM(s)"), "{down}");
+
+    assert!(
+        std::fs::read_dir(&guests).unwrap().next().is_some(),
+        "the seeded running VM has a guest directory"
+    );
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "SIGTERM ends it cleanly: {status}");
+    let left: Vec<_> = std::fs::read_dir(&guests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -75,6 +75,10 @@ pub(crate) fn returns_task(method: &str, route: &str) -> bool {
             )
             | ("DELETE", "/nodes/{node}/qemu/{vmid}/snapshot/{snapname}")
             | ("POST", "/nodes/{node}/storage/{storage}/upload")
+            | (
+                "POST" | "DELETE",
+                "/nodes/{node}/storage/{storage}/content/{volume}"
+            )
             | ("POST", "/nodes/{node}/storage/{storage}/download-url")
             | ("PUT", "/cluster/sdn")
     ) || (method == "POST" && route.starts_with("/nodes/{node}/qemu/{vmid}/status/"))

@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use sha1::{Digest, Sha1};
 
 use super::Ctx;
+use crate::access::is_cdrom;
 use crate::config::TaskKind;
 use crate::error::ApiError;
 use crate::propstring::PropString;
@@ -207,6 +208,30 @@ fn next_disk_index(st: &State, node: &str, storage: &str, vmid: u32) -> u32 {
     (0..).find(|i| !used.contains(i)).unwrap_or(0)
 }
 
+/// pve-guest-common `GuestHelpers::get_unique_tags`, which qemu-server applies to `tags` on
+/// create and update: split on `,` `;` and whitespace, lower-cased and sorted (each unless
+/// the datacenter's tag-style says otherwise), de-duplicated, joined with `;`.
+fn unique_tags(value: &str, style: crate::config::TagStyle) -> String {
+    let mut tags: Vec<String> = value
+        .split(|c: char| c == ',' || c == ';' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            if style.case_sensitive {
+                t.to_owned()
+            } else {
+                t.to_lowercase()
+            }
+        })
+        .collect();
+    if !style.ordering_config {
+        // Lower-casing first makes the case-insensitive sort of PVE a plain one.
+        tags.sort();
+    }
+    let mut seen = std::collections::HashSet::new();
+    tags.retain(|t| seen.insert(t.clone()));
+    tags.join(";")
+}
+
 /// Turns request values into stored config values: allocates `STORAGE:SIZE` disks, gives NICs
 /// MACs. `vm_cfg` is the VM's config so far (for disk numbering).
 fn normalize(
@@ -218,6 +243,9 @@ fn normalize(
     value: &str,
     taken: &mut Vec<String>,
 ) -> Result<String, ApiError> {
+    if key == "tags" {
+        return Ok(unique_tags(value, shared.cfg.tag_style));
+    }
     if is_net_key(key) {
         let mut p = PropString::parse(value);
         let model = p.remove("model").or_else(|| p.take_default()).or_else(|| {
@@ -476,6 +504,12 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                     "unable to create template, because VM contains snapshots",
                 ));
             }
+            // qemu-server writes `template: 1` before the worker converts the disks, so
+            // for the whole task (and after a failed conversion) the VM already reads as a
+            // template whose disks are still `vm-` volumes.
+            st.vm_mut(&node, vmid)?
+                .config
+                .insert("template".into(), "1".into());
             upid_value(st.spawn_task(
                 shared,
                 &node,
@@ -494,7 +528,6 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                             );
                         }
                     }
-                    vm.config.insert("template".into(), "1".into());
                     Ok(vec![])
                 }),
             ))
@@ -739,9 +772,15 @@ fn update_config(
         vm.pending.remove(&k);
     }
     for (k, v) in set {
-        if running && !HOT_KEYS.contains(&k.as_str()) {
+        // qemu-server's `vmconfig_update_disk` changes the medium of a running VM's CD-ROM
+        // drive at once (`change_medium`); a drive that is new, or not a CD-ROM on both
+        // sides, waits for the next cold start.
+        let medium_change =
+            is_disk_key(&k) && vm.config.get(&k).is_some_and(|old| is_cdrom(old)) && is_cdrom(&v);
+        if running && !HOT_KEYS.contains(&k.as_str()) && !medium_change {
             vm.pending.insert(k, Some(v));
         } else {
+            vm.pending.remove(&k);
             vm.config.insert(k, v);
         }
     }

@@ -37,7 +37,8 @@ fn props(ctx: &Ctx, skip: &[&str]) -> BTreeMap<String, String> {
     ctx.params
         .iter()
         .filter(|(k, _)| !CONTROL.contains(&k.as_str()) && !skip.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.join(",")))
+        // Repeated keys (`dhcp-range`) are kept one per line: their values hold commas.
+        .map(|(k, v)| (k.clone(), v.join("\n")))
         .collect()
 }
 
@@ -87,8 +88,19 @@ fn entry(
     v
 }
 
-/// The subnet keys PVE computes from the subnet id (`zone-10.0.0.0-24`) for every listing.
-fn subnet_id_keys(v: &mut Value, id: &str) {
+/// What `Subnets::sdn_subnets_config` adds to a subnet for the API: its `id`, the keys
+/// computed from it (`zone-10.0.0.0-24`), and `dhcp-range` decoded into an array of
+/// `{start-address, end-address}` objects (`[]` when it has none), in a pending entry's
+/// changes too.
+fn subnet_json_keys(v: &mut Value, id: &str) {
+    v["id"] = json!(id);
+    v["dhcp-range"] = dhcp_ranges(v.get("dhcp-range"));
+    if let Some(changes) = v.get_mut("pending").and_then(Value::as_object_mut)
+        && let Some(r) = changes.get("dhcp-range").filter(|r| *r != "deleted")
+    {
+        let decoded = dhcp_ranges(Some(r));
+        changes.insert("dhcp-range".into(), decoded);
+    }
     let mut parts = id.rsplitn(3, '-');
     let (Some(mask), Some(network), Some(zone)) = (parts.next(), parts.next(), parts.next()) else {
         return;
@@ -97,6 +109,32 @@ fn subnet_id_keys(v: &mut Value, id: &str) {
     v["network"] = json!(network);
     v["mask"] = json!(mask);
     v["cidr"] = json!(format!("{network}/{mask}"));
+}
+
+/// Stored `dhcp-range` lines (`start-address=A,end-address=B`, one per range) as the API
+/// returns them.
+fn dhcp_ranges(stored: Option<&Value>) -> Value {
+    let lines = stored.and_then(Value::as_str).unwrap_or_default();
+    let ranges = lines.lines().filter(|l| !l.is_empty()).map(|line| {
+        let range: serde_json::Map<String, Value> = line
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), json!(v.trim())))
+            .collect();
+        Value::Object(range)
+    });
+    Value::Array(ranges.collect())
+}
+
+/// Which configuration a listing shows, as pve-network's index handlers choose it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// The edited configuration (`.cfg` files), what PVE lists by default.
+    Edited,
+    /// `running=1`: what the last apply made live.
+    Running,
+    /// `pending=1`: running values with the edits beside them, deleted objects included.
+    Diff,
 }
 
 fn listing(
@@ -114,30 +152,41 @@ fn listing(
     let mut pending = st.sdn.pending.clone();
     let run = map(&mut running, kind).clone();
     let pen = map(&mut pending, kind).clone();
-    let show_pending = ctx.flag("pending");
-    let mut ids: Vec<&String> = if show_pending {
-        run.keys().chain(pen.keys()).collect()
+    // `pending` wins when both are set (it is tested first).
+    let view = if ctx.flag("pending") {
+        View::Diff
+    } else if ctx.flag("running") {
+        View::Running
     } else {
-        run.keys().collect()
+        View::Edited
+    };
+    let mut ids: Vec<&String> = match view {
+        View::Diff => run.keys().chain(pen.keys()).collect(),
+        View::Running => run.keys().collect(),
+        View::Edited => pen.keys().collect(),
     };
     ids.sort();
     ids.dedup();
     let mut out = Vec::new();
     for id in ids {
-        // Filters look at what the object will be (pending) when asked for pending.
-        let Some(obj) = (if show_pending {
-            pen.get(id).or(run.get(id))
-        } else {
-            run.get(id)
+        // Filters look at what the object will be when the edits are shown.
+        let Some(obj) = (match view {
+            View::Diff => pen.get(id).or(run.get(id)),
+            View::Running => run.get(id),
+            View::Edited => pen.get(id),
         }) else {
             continue;
         };
         if !filter(obj) {
             continue;
         }
-        let mut v = entry(key, id, run.get(id), pen.get(id), show_pending);
+        let mut v = match view {
+            View::Diff => entry(key, id, run.get(id), pen.get(id), true),
+            View::Running => entry(key, id, run.get(id), None, false),
+            View::Edited => entry(key, id, pen.get(id), None, false),
+        };
         if kind == "subnets" {
-            subnet_id_keys(&mut v, id);
+            subnet_json_keys(&mut v, id);
         }
         out.push(v);
     }
@@ -289,17 +338,23 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
             }
             match m {
                 "GET" => {
-                    let obj = if ctx.flag("pending") {
-                        map(&mut st.sdn.pending, kind).get(&id).cloned()
+                    // As the listings: the edited object unless `running` or `pending` asks.
+                    let run = map(&mut st.sdn.running, kind).get(&id).cloned();
+                    let pen = map(&mut st.sdn.pending, kind).get(&id).cloned();
+                    let mut v = if ctx.flag("pending") {
+                        entry(singular, &id, run.as_ref(), pen.as_ref(), true)
+                    } else if ctx.flag("running") {
+                        let Some(run) = run else {
+                            return Err(ApiError::internal(format!(
+                                "sdn {singular} '{id}' does not exist"
+                            )));
+                        };
+                        entry(singular, &id, Some(&run), None, false)
                     } else {
-                        map(&mut st.sdn.running, kind)
-                            .get(&id)
-                            .cloned()
-                            .or_else(|| map(&mut st.sdn.pending, kind).get(&id).cloned())
+                        entry(singular, &id, pen.as_ref(), None, false)
                     };
-                    let mut v = json!({ singular: id });
-                    for (k, val) in obj.unwrap_or_default() {
-                        v[k] = json!(val);
+                    if kind == "subnets" {
+                        subnet_json_keys(&mut v, &id);
                     }
                     Ok(v)
                 }

@@ -44,10 +44,49 @@ fn disk_volumes(st: &State, node: &str, storage: &str) -> Vec<Volume> {
                 ctime: 0,
                 members: Vec::new(),
                 seed: None,
+                notes: None,
+                protected: false,
             });
         }
     }
     out
+}
+
+/// pve-storage's `$real_volume_id`: a volume with `:` is a whole volume id, which must be on
+/// the path's storage; anything else is a name on it.
+fn real_volume_id(storage: &str, volume: &str) -> Result<String, ApiError> {
+    match volume.split_once(':') {
+        Some((sid, _)) if sid != storage => Err(ApiError::param(
+            "volume",
+            format!("storage ID mismatch ({sid} != {storage})"),
+        )),
+        Some(_) => Ok(volume.to_owned()),
+        None => Ok(format!("{storage}:{volume}")),
+    }
+}
+
+/// A file or VM disk on a storage, by volume id.
+fn find_volume(st: &State, node: &str, storage: &str, volid: &str) -> Option<Volume> {
+    st.volumes
+        .get(&(node.to_owned(), storage.to_owned()))
+        .and_then(|l| l.iter().find(|v| v.volid == volid).cloned())
+        .or_else(|| {
+            disk_volumes(st, node, storage)
+                .into_iter()
+                .find(|v| v.volid == volid)
+        })
+}
+
+/// Where PVE keeps a volume: a file under a directory storage's layout, an LV otherwise.
+fn volume_path(s: &StorageConfig, volid: &str) -> String {
+    let name = volid.split_once(':').map_or(volid, |(_, n)| n);
+    if s.kind != "dir" {
+        return format!("/dev/pve/{name}");
+    }
+    match name.split_once('/') {
+        Some((content, file)) => dir_path(s, content, file),
+        None => dir_path(s, "images", name),
+    }
 }
 
 fn storage<'a>(shared: &'a Shared, ctx: &Ctx) -> Result<&'a StorageConfig, ApiError> {
@@ -110,6 +149,8 @@ fn volume_from(storage: &str, content: &str, filename: &str, f: &Sniffed) -> Vol
             Vec::new()
         },
         seed,
+        notes: None,
+        protected: false,
     }
 }
 
@@ -212,28 +253,123 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                     .collect(),
             ))
         }
-        ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
-            let s = storage(shared, ctx)?.id.clone();
-            let volume = ctx.req("volume");
-            let volid = if volume.contains(':') {
-                volume.to_owned()
-            } else {
-                format!("{s}:{volume}")
+        ("GET", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            let s = storage(shared, ctx)?.clone();
+            let volid = real_volume_id(&s.id, ctx.req("volume"))?;
+            let Some(v) = find_volume(st, &node, &s.id, &volid) else {
+                // The file is gone, so the plugin's size probe finds no format.
+                return Err(ApiError::internal(format!(
+                    "volume_size_info on '{volid}' failed - no format"
+                )));
             };
-            if disk_volumes(st, &node, &s).iter().any(|v| v.volid == volid) {
+            let mut e = json!({
+                "path": volume_path(&s, &volid), "size": v.size, "used": v.size, "format": v.format,
+            });
+            if let Some(n) = &v.notes {
+                e["notes"] = json!(n);
+            }
+            if v.protected {
+                e["protected"] = json!(1);
+            }
+            Ok(e)
+        }
+        ("PUT", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            let s = storage(shared, ctx)?.id.clone();
+            let volid = real_volume_id(&s, ctx.req("volume"))?;
+            let notes = ctx.str("notes").map(str::to_owned);
+            let protected = ctx.str("protected").map(|_| ctx.flag("protected"));
+            let Some(v) = st
+                .volumes
+                .get_mut(&(node.clone(), s))
+                .and_then(|l| l.iter_mut().find(|v| v.volid == volid))
+            else {
+                return Err(ApiError::internal(format!(
+                    "volume_size_info on '{volid}' failed - no format"
+                )));
+            };
+            if let Some(n) = notes {
+                v.notes = (!n.is_empty()).then_some(n);
+            }
+            if let Some(p) = protected {
+                v.protected = p;
+            }
+            Ok(Value::Null)
+        }
+        ("POST", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            let s = storage(shared, ctx)?.id.clone();
+            let src = real_volume_id(&s, ctx.req("volume"))?;
+            let dst = real_volume_id(&s, ctx.req("target"))?;
+            let target_node = ctx.str("target_node").unwrap_or(&node).to_owned();
+            let (src_node, user) = (node.clone(), ctx.user.clone());
+            let upid = st.spawn_task(
+                shared,
+                &node,
+                &user,
+                TaskKind::Upload,
+                "imgcopy",
+                "",
+                None,
+                Box::new(move |st| {
+                    let (sid, _) = src.split_once(':').unwrap_or_default();
+                    let (dsid, dname) = dst.split_once(':').unwrap_or_default();
+                    let mut vol = st
+                        .volumes
+                        .get(&(src_node, sid.to_owned()))
+                        .and_then(|l| l.iter().find(|v| v.volid == src).cloned())
+                        .ok_or_else(|| format!("unable to parse volume ID '{src}'"))?;
+                    vol.volid = dst.clone();
+                    vol.content = dname.split('/').next().unwrap_or_default().to_owned();
+                    vol.ctime = unix_now();
+                    let list = st
+                        .volumes
+                        .entry((target_node, dsid.to_owned()))
+                        .or_default();
+                    list.retain(|v| v.volid != dst);
+                    list.push(vol);
+                    Ok(vec![format!("copy {src} to {dst}")])
+                }),
+            );
+            Ok(Value::String(upid))
+        }
+        ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            let s = storage(shared, ctx)?.clone();
+            let volid = real_volume_id(&s.id, ctx.req("volume"))?;
+            if disk_volumes(st, &node, &s.id)
+                .iter()
+                .any(|v| v.volid == volid)
+            {
                 return Err(ApiError::internal(format!(
                     "unable to delete '{volid}' - volume is still in use"
                 )));
             }
-            let list = st.volumes.entry((node.clone(), s)).or_default();
-            let before = list.len();
-            list.retain(|v| v.volid != volid);
-            if list.len() == before {
-                return Err(ApiError::internal(format!(
-                    "volume '{volid}' does not exist"
-                )));
-            }
-            Ok(Value::Null)
+            // `API2/Storage/Content.pm` `delete` answers with an `imgdel` worker at once; the
+            // worker frees the volume, and a file already gone is only a warning
+            // (`Plugin::free_image`), so the task still ends well.
+            let id = crate::access::volume_owner(&volid)
+                .map_or(s.id.clone(), |vmid| format!("{vmid}@{}", s.id));
+            let path = volume_path(&s, &volid);
+            let key = (node.clone(), s.id.clone());
+            let upid = st.spawn_task(
+                shared,
+                &node,
+                &ctx.user,
+                TaskKind::Config,
+                "imgdel",
+                &id,
+                None,
+                Box::new(move |st| {
+                    let list = st.volumes.entry(key).or_default();
+                    let before = list.len();
+                    list.retain(|v| v.volid != volid);
+                    let mut log = Vec::new();
+                    if list.len() == before {
+                        log.push(format!("WARN: disk image '{path}' does not exist"));
+                    }
+                    log.push(format!("Removed volume '{volid}'"));
+                    Ok(log)
+                }),
+            );
+            Ok(Value::String(upid))
         }
         ("POST", "/nodes/{node}/storage/{storage}/upload") => {
             let s = storage(shared, ctx)?.clone();

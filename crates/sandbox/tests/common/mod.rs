@@ -45,16 +45,7 @@ pub fn two_vms() -> EvalConfig {
 /// The environment a `pvesandbox` child process needs to reach the simulator and its
 /// image mirror exactly as `settings` do.
 pub fn child_env(sim: &DemoSim, settings: &Settings) -> Vec<(String, String)> {
-    let mut env = sim.embedded().env();
-    let o = &settings.images.overrides["debian13"];
-    env.push((
-        "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__URL".into(),
-        o.url.clone(),
-    ));
-    env.push((
-        "PVESANDBOX_IMAGES__OVERRIDES__DEBIAN13__SHA256".into(),
-        o.sha256.clone().expect("the demo pins its images"),
-    ));
+    let mut env = sim.env();
     env.push((
         "PVESANDBOX_IMAGES__CACHE_DIR".into(),
         settings.images.cache_dir().display().to_string(),
