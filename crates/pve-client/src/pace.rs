@@ -8,15 +8,18 @@
 //!
 //! - nothing learned yet: poll at once, then from the initial interval doubling to the cap;
 //! - learned mean `m` and deviation `v`: the first poll at `m - 2v` (early enough that a wait
-//!   a little shorter than usual is not found late), then doubling from `m/64` (at least the
-//!   initial interval) to the cap.
+//!   a little shorter than usual is not found late), then every fine step (`m/128`, or `v`
+//!   if larger) until the usual end `m + 2v` has passed, then doubling to the cap.
 //!
 //! Every interval after the first poll is at most the cap, so a wait that ends after its first
 //! poll is never found later than before; it is found with a handful of calls instead of
 //! dozens. Only a wait that ends before its first poll can be found later, by at most `2v`
-//! below the usual end. What is learned is the end as the polls saw it; when the very first
-//! poll already found the wait over, the real end may have been much earlier, so 70% of it is
-//! averaged in. [`Pacing::Doubling`] turns learning off.
+//! below the usual end. What is learned is an estimate of the real end, not the poll that saw
+//! it: the midpoint between the last poll that found the wait running and the one that found
+//! it over (learning the poll itself would bake each wait's lateness into the next one's first
+//! poll). When the very first poll already found it over, the end was at most then: one fine
+//! step (`m/128`) earlier is learned, so the estimate creeps down until a first poll finds the
+//! wait running again. [`Pacing::Doubling`] turns learning off.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -95,24 +98,20 @@ impl Pacer {
             initial,
             max,
             next: initial,
+            window_end: Duration::ZERO,
             polls: 0,
+            last_pending: None,
             late_start: false,
         }
     }
 
-    fn learn(&self, kind: &str, seen: Duration, first_poll_was_late: bool) {
+    /// Learns that a wait of `kind` ended about `sample` seconds in, give or take `spread`.
+    fn learn(&self, kind: &str, sample: f64, spread: f64) {
         if self.pacing != Pacing::Learned {
             return;
         }
         let Ok(mut m) = self.learned.lock() else {
             return;
-        };
-        let seen = seen.as_secs_f64();
-        // Seen at the very first poll: the wait may have ended well before it.
-        let sample = if first_poll_was_late {
-            seen * 0.7
-        } else {
-            seen
         };
         m.entry(kind.to_owned())
             .and_modify(|l| {
@@ -120,12 +119,20 @@ impl Pacer {
                 l.mean = (l.mean + sample) / 2.0;
             })
             .or_insert(Learned {
-                mean: seen,
-                // Until waits differ, assume they vary by about 6%: the first learned poll
-                // comes at seven eighths of the first wait.
-                deviation: seen / 16.0,
+                mean: sample,
+                // Until waits differ, they vary by what the polls could not tell apart, and
+                // by at least 1.5%.
+                deviation: spread.max(sample / 64.0),
             });
     }
+}
+
+/// The interval after a learned first poll found the wait running, while the usual end
+/// (`m + 2v`) is not past: fine enough that the end is found soon after it (62 ms for an 8 s
+/// `qmstart`), and no finer than a quarter of the window the end usually falls in, so the
+/// window costs at most about four polls.
+fn fine_step(l: &Learned, initial: Duration, max: Duration) -> Duration {
+    Duration::from_secs_f64((l.mean / 128.0).max(l.deviation)).clamp(initial, max)
 }
 
 /// One wait's polls: [`first`](Self::first), then [`after_pending`](Self::after_pending) after
@@ -139,7 +146,12 @@ pub struct Schedule<'a> {
     initial: Duration,
     max: Duration,
     next: Duration,
+    /// Until this long after `started` (the usual end, `m + 2v`), polls stay `next` apart;
+    /// after it they double to the cap.
+    window_end: Duration,
     polls: u32,
+    /// When the last poll that found the wait not over was made, since `started`.
+    last_pending: Option<Duration>,
     /// The first poll came at once because the wait began after its learned time.
     late_start: bool,
 }
@@ -151,7 +163,8 @@ impl Schedule<'_> {
         self.polls = 1;
         match self.expected {
             Some(l) => {
-                self.next = Duration::from_secs_f64(l.mean / 64.0).clamp(self.initial, self.max);
+                self.next = fine_step(&l, self.initial, self.max);
+                self.window_end = Duration::from_secs_f64(l.mean + 2.0 * l.deviation);
                 let at = Duration::from_secs_f64((l.mean - 2.0 * l.deviation).max(0.0));
                 let delay = at.saturating_sub(self.started.elapsed());
                 self.late_start = delay.is_zero() && !at.is_zero();
@@ -161,11 +174,18 @@ impl Schedule<'_> {
         }
     }
 
-    /// The delay before the next poll.
+    /// The delay before the next poll, after one that found the wait not over.
     pub fn after_pending(&mut self) -> Duration {
+        self.last_pending = Some(self.started.elapsed());
+        self.next_delay()
+    }
+
+    fn next_delay(&mut self) -> Duration {
         self.polls += 1;
         let d = self.next;
-        self.next = (self.next * 2).min(self.max);
+        if self.last_pending.is_none_or(|t| t >= self.window_end) {
+            self.next = (self.next * 2).min(self.max);
+        }
         d
     }
 
@@ -176,15 +196,31 @@ impl Schedule<'_> {
 
     /// The last poll found the wait over: remember how long it took.
     pub fn done(self) {
-        let at_first_poll = self.polls <= 1;
-        if at_first_poll && self.late_start {
+        let seen = self.started.elapsed();
+        self.finish(seen);
+    }
+
+    /// Learns from a wait found over `seen` after its start.
+    fn finish(self, seen: Duration) {
+        let seen = seen.as_secs_f64();
+        let (sample, spread) = match (self.last_pending, &self.expected) {
+            // It ended between the last poll that found it running and this one.
+            (Some(lo), _) => {
+                let lo = lo.as_secs_f64();
+                ((lo + seen) / 2.0, (seen - lo) / 2.0)
+            }
             // Found over by a wait that began after the usual end (a second wait on one
             // task, say): it tells nothing of how long such waits take.
-            return;
-        }
-        let first_was_late = at_first_poll && self.expected.is_some();
-        self.pacer
-            .learn(&self.kind, self.started.elapsed(), first_was_late);
+            (None, _) if self.late_start => return,
+            // Over at the learned first poll: it ended at most then.
+            (None, Some(l)) => {
+                let step = fine_step(l, self.initial, self.max).as_secs_f64();
+                ((seen - step).max(0.0), step)
+            }
+            // Over at an immediate first poll: about instant.
+            (None, None) => (seen, 0.0),
+        };
+        self.pacer.learn(&self.kind, sample, spread);
     }
 }
 
@@ -199,12 +235,12 @@ mod tests {
         let mut s = p.schedule(kind, 2 * MS, 250 * MS);
         let mut t = s.first();
         while t < d {
-            t += s.after_pending();
+            // `after_pending` and `done` read the clock; feed the virtual times instead.
+            s.last_pending = Some(t);
+            t += s.next_delay();
         }
         let polls = s.polls();
-        // `done` measures real time; feed the virtual end instead.
-        let first_late = polls <= 1 && s.expected.is_some();
-        p.learn(kind, t, first_late);
+        s.finish(t);
         (polls, t - d)
     }
 
@@ -230,6 +266,40 @@ mod tests {
         }
         // The doubling schedule makes 39 per wait: 780.
         assert!(total <= 100, "{total} polls for 20 waits");
+    }
+
+    #[test]
+    fn a_repeated_wait_is_found_within_a_fine_step_of_its_end() {
+        // Learning the poll that saw the end, not the end, kept each wait as late as the last.
+        let p = Pacer::new(Pacing::Learned);
+        simulate(&p, "qmstart", 8000 * MS);
+        let runs: Vec<(u32, Duration)> = (0..20)
+            .map(|_| simulate(&p, "qmstart", 8000 * MS))
+            .collect();
+        let late = runs[5..].iter().map(|r| r.1).max().unwrap();
+        let polls: u32 = runs[5..].iter().map(|r| r.0).sum();
+        // A fine step is 8 s / 128 = 62.5 ms.
+        assert!(late <= 63 * MS, "{runs:?}");
+        assert!(polls <= 15 * 3, "{runs:?}");
+    }
+
+    #[test]
+    fn a_jittery_wait_costs_a_handful_of_polls_and_is_never_later_than_the_cap() {
+        // Real starts vary: 7.2 to 8.8 s, in a fixed pseudo-random order.
+        let p = Pacer::new(Pacing::Learned);
+        let mut x = 7u64;
+        let mut polls = 0;
+        for _ in 0..40 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let d = Duration::from_millis(7200 + (x >> 33) % 1600);
+            let (n, over) = simulate(&p, "qmstart", d);
+            assert!(over <= 250 * MS, "{d:?}: {over:?} late");
+            polls += n;
+        }
+        // The doubling schedule makes about 39 per wait: 1560.
+        assert!(polls <= 40 * 8, "{polls} polls for 40 waits");
     }
 
     #[test]
