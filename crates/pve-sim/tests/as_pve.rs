@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Read;
-use std::time::Duration;
 
 use common::{Raw, sim, urlencode};
 use pve_sim::{LatencyProfile, PveSim, Seed, SimConfig, TagStyle, VmSeed};
@@ -17,37 +16,6 @@ async fn config(raw: &Raw, vmid: u32) -> Value {
         .await
         .data()
         .clone()
-}
-
-/// Polls a task until it stops, backing off (not a synchronisation sleep: the task's end is
-/// what is waited for); returns its exit status.
-async fn task_end(raw: &Raw, upid: &str) -> String {
-    let path = format!("/nodes/pve1/tasks/{}/status", urlencode(upid));
-    let mut pause = Duration::from_millis(2);
-    loop {
-        let a = raw.call("GET", &path, &[]).await;
-        if a.data()["status"] == "stopped" {
-            return a.data()["exitstatus"].as_str().unwrap().to_owned();
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
-
-async fn task_log(raw: &Raw, upid: &str) -> Vec<String> {
-    let a = raw
-        .call(
-            "GET",
-            &format!("/nodes/pve1/tasks/{}/log", urlencode(upid)),
-            &[],
-        )
-        .await;
-    a.data()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["t"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 #[tokio::test]
@@ -145,12 +113,12 @@ async fn volume_ids_with_slashes_address_one_volume() {
         )
         .await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(task_end(&raw, a.data().as_str().unwrap()).await, "OK");
+    assert_eq!(raw.task_end(a.data().as_str().unwrap()).await, "OK");
     let a = raw
         .call("DELETE", &format!("{base}/local:iso/x.iso"), &[])
         .await;
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(task_end(&raw, a.data().as_str().unwrap()).await, "OK");
+    assert_eq!(raw.task_end(a.data().as_str().unwrap()).await, "OK");
     let listed: Vec<Value> = raw
         .call("GET", base, &[])
         .await
@@ -188,8 +156,8 @@ async fn deleting_a_volume_is_an_imgdel_task_that_only_warns_when_it_is_gone() {
     assert_eq!(a.status, 200, "{a:?}");
     let upid = a.data().as_str().unwrap().to_owned();
     assert!(upid.contains(":imgdel:local:root@pam:"), "{upid}");
-    assert_eq!(task_end(&raw, &upid).await, "WARNINGS: 1");
-    let log = task_log(&raw, &upid).await;
+    assert_eq!(raw.task_end(&upid).await, "WARNINGS: 1");
+    let log = raw.task_log(&upid).await;
     assert_eq!(
         log,
         vec![
@@ -295,7 +263,7 @@ async fn sdn_listings_show_the_edited_config_unless_asked_for_running_or_pending
     let raw = Raw::login(&sim).await;
     zone_vnet_subnet(&raw, &[]).await;
     let upid = raw.call("PUT", "/cluster/sdn", &[]).await;
-    assert_eq!(task_end(&raw, upid.data().as_str().unwrap()).await, "OK");
+    assert_eq!(raw.task_end(upid.data().as_str().unwrap()).await, "OK");
     raw.call(
         "POST",
         "/cluster/sdn/vnets",
@@ -346,7 +314,7 @@ async fn a_running_vms_cdrom_medium_changes_at_once() {
         )
         .await;
     assert_eq!(a.status, 200, "{a:?}");
-    task_end(&raw, a.data().as_str().unwrap()).await;
+    raw.task_end(a.data().as_str().unwrap()).await;
     let cfg = raw
         .call("GET", "/nodes/pve1/qemu/100/config", &[("current", "1")])
         .await
@@ -444,7 +412,7 @@ async fn template_1_is_written_before_the_disks_are_converted() {
             .starts_with("local-lvm:vm-100-disk-0"),
         "{cfg}"
     );
-    assert_eq!(task_end(&raw, &upid).await, "OK");
+    assert_eq!(raw.task_end(&upid).await, "OK");
     let cfg = config(&raw, 100).await;
     assert!(
         cfg["scsi0"]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::time::Duration;
+
 use pve_sim::{PveSim, SimConfig, VmSeed};
 use serde_json::Value;
 
@@ -90,6 +92,37 @@ impl Raw {
         let status = resp.status().as_u16();
         let body = resp.json().await.unwrap_or(Value::Null);
         Answer { status, body }
+    }
+
+    /// Polls a task until it stops (realistic profiles), backing off (not a synchronisation sleep: the task's end is
+    /// what is waited for); returns its exit status.
+    pub async fn task_end(&self, upid: &str) -> String {
+        let path = format!("/nodes/pve1/tasks/{}/status", urlencode(upid));
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let a = self.call("GET", &path, &[]).await;
+            if a.data()["status"] == "stopped" {
+                return a.data()["exitstatus"].as_str().unwrap().to_owned();
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    pub async fn task_log(&self, upid: &str) -> Vec<String> {
+        let a = self
+            .call(
+                "GET",
+                &format!("/nodes/pve1/tasks/{}/log", urlencode(upid)),
+                &[],
+            )
+            .await;
+        a.data()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["t"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// Polls a task to its end (the simulator's instant profile ends tasks before answering).
