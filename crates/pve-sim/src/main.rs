@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use pve_sim::{LatencyProfile, PveSim, SimConfig, VmSeed};
+use pve_sim::{LatencyProfile, PveSim, Seed, SimConfig, VmSeed};
 
 /// Serve a simulated Proxmox VE API on loopback.
 #[derive(Parser, Debug)]
@@ -39,6 +39,9 @@ struct Args {
     /// Create template VMs with these ids (9000 by default).
     #[arg(long, default_value = "9000", value_delimiter = ',')]
     templates: Vec<u32>,
+    /// VMs, templates and storage files to start with, as JSON (`pve_sim::Seed`).
+    #[arg(long, value_name = "FILE")]
+    seed: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -63,7 +66,27 @@ async fn main() -> std::io::Result<()> {
     if args.http {
         cfg = cfg.plain_http();
     }
+    // A seed that does not parse fails before anything listens.
+    let seed = match &args.seed {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)?;
+            match Seed::from_json(&text) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("pve-sim: --seed {}: {e}", path.display());
+                    std::process::exit(2);
+                }
+            }
+        }
+        None => None,
+    };
     let sim = PveSim::start_on(cfg, SocketAddr::new(args.bind, args.port)).await?;
+    if let Some(seed) = &seed
+        && let Err(e) = sim.seed(seed)
+    {
+        eprintln!("pve-sim: --seed: {e}");
+        std::process::exit(2);
+    }
     for id in &args.templates {
         sim.add_vm(VmSeed::template(*id, &format!("template-{id}")));
     }
