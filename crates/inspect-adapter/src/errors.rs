@@ -34,23 +34,26 @@ pub(crate) fn plain(kind: &'static str, message: String) -> PyErr {
     raise((kind, message, None, None, None, None))
 }
 
-/// Maps a lifecycle error: agent errors keep their own kinds, everything else is named after
-/// the lifecycle step that failed (all of which fail the sample in Inspect).
+/// Maps a lifecycle error: an agent error of a command or file call keeps its own kind (Inspect
+/// shows those to the model); everything else is named after its [`pvesandbox::ErrorKind`],
+/// with names apart from the agent's (`not_found` is a missing file there), and fails the
+/// sample.
 pub(crate) fn lifecycle(e: pvesandbox::Error) -> PyErr {
-    use pvesandbox::Error as E;
+    use pvesandbox::ErrorKind as K;
     let e = match e {
-        E::Agent(a) => return agent(a),
+        pvesandbox::Error::Agent(a) => return agent(a),
         other => other,
     };
-    let kind = match &e {
-        E::Config { .. } => "config",
-        E::Pool(_) => "pool",
-        E::Api(_) => "api",
-        E::NoSuchSandbox { .. } => "no_such_sandbox",
-        E::NoSuchRun { .. } => "no_such_run",
-        E::SampleInit { .. } => "sample_init",
-        E::Cleanup { .. } => "cleanup",
-        E::Timeout { .. } => "step_timeout",
+    let kind = match e.kind() {
+        K::Config => "config",
+        K::NotFound => "no_such_sandbox",
+        K::PermissionDenied => "privilege",
+        K::Conflict => "conflict",
+        K::Unavailable => "proxmox",
+        K::GuestAgent => "guest_agent",
+        K::Leftover => "leftover",
+        K::Timeout => "step_timeout",
+        K::Io => "io",
         _ => "other",
     };
     plain(kind, e.to_string())

@@ -211,12 +211,31 @@ pub struct InstancesFile {
     pub instances: Vec<InstanceConfig>,
 }
 
+/// A serde error's text without the values it quotes (``integer `123456` ``, `string "x"`):
+/// the value may be a password, and the error cannot say which field it was in.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote = None;
+    for c in message.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                quote = Some(c);
+                out.push_str("(value not shown)");
+            }
+            None => out.push(c),
+        }
+    }
+    out
+}
+
 impl InstancesFile {
     /// Parses and validates the JSON text of an instances file.
     pub fn from_json(text: &str) -> Result<Self, PoolError> {
         let f: InstancesFile = serde_json::from_str(text).map_err(|e| PoolError::Config {
             field: "instances".into(),
-            message: e.to_string(),
+            message: without_values(&e.to_string()),
         })?;
         let mut seen = std::collections::BTreeSet::new();
         for i in &f.instances {
@@ -392,5 +411,16 @@ mod tests {
                 end: 9199
             })
         );
+    }
+
+    #[test]
+    fn a_numeric_password_is_never_echoed() {
+        let e = InstancesFile::from_json(
+            r#"{"instances": [{"instance_id": "a", "pool_id": "p", "host": "h", "node": "n", "password": 123456}]}"#,
+        )
+        .unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("123456"), "{shown}");
+        assert!(shown.contains("expected a string"), "{shown}");
     }
 }

@@ -57,9 +57,16 @@ pub enum PoolError {
     Instance {
         /// The instance id.
         instance: String,
-        /// What failed.
+        /// What failed (with the cause's text, so the message stands alone).
         message: String,
+        /// The API error behind it, kept typed so callers can classify it (a 403 is a
+        /// privilege the token lacks).
+        #[source]
+        source: Option<Box<pve_client::Error>>,
     },
+    /// The pool's actor thread could not be started.
+    #[error("cannot start the pool's actor thread: {0}")]
+    Runtime(#[source] std::io::Error),
     /// No instance could be reached at all.
     #[error("no instance is usable: {}", .failures.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     NoInstanceUsable {

@@ -99,17 +99,20 @@ async fn probe(client: &PveClient, cfg: &InstanceConfig) -> Result<InstanceInfo,
     let fail = |message: String| PoolError::Instance {
         instance: cfg.instance_id.clone(),
         message,
+        source: None,
     };
-    let version = client
-        .version()
-        .await
-        .map_err(|e| fail(format!("GET /version: {e}")))?;
+    let api = |what: &str, e: pve_client::Error| PoolError::Instance {
+        instance: cfg.instance_id.clone(),
+        message: format!("{what}: {e}"),
+        source: Some(Box::new(e)),
+    };
+    let version = client.version().await.map_err(|e| api("GET /version", e))?;
     // One call for every node's live load: /cluster/resources (type node) carries status,
     // memory and CPUs, cluster-wide.
     let nodes = client
         .cluster_resources(Some("node"))
         .await
-        .map_err(|e| fail(format!("GET /cluster/resources: {e}")))?;
+        .map_err(|e| api("GET /cluster/resources", e))?;
     let node = nodes
         .iter()
         .find(|n| n.node.as_deref() == Some(cfg.node.as_str()))
@@ -131,7 +134,7 @@ async fn probe(client: &PveClient, cfg: &InstanceConfig) -> Result<InstanceInfo,
         .node(&cfg.node)
         .storages(None)
         .await
-        .map_err(|e| fail(format!("storage list: {e}")))?;
+        .map_err(|e| api("storage list", e))?;
     let names: Vec<String> = storages.iter().map(|s| s.storage.clone()).collect();
     match storages.iter().find(|s| s.storage == cfg.image_storage) {
         None => {
@@ -234,6 +237,7 @@ impl Handler<ApplySdn> for InstanceActor {
                 serde_json::from_value(v).map_err(|e| PoolError::Instance {
                     instance: "sdn".into(),
                     message: format!("PUT /cluster/sdn did not return a UPID: {e}"),
+                    source: None,
                 })?;
             client
                 .wait_task(

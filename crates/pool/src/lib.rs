@@ -96,10 +96,7 @@ impl Pool {
         for i in &instances {
             i.validate()?;
         }
-        let runtime = ActorRuntime::start("pvesandbox-pool").map_err(|e| PoolError::Config {
-            field: "runtime".into(),
-            message: e.to_string(),
-        })?;
+        let runtime = ActorRuntime::start("pvesandbox-pool").map_err(PoolError::Runtime)?;
         let mut handles = Vec::new();
         for cfg in instances {
             let cfg = Arc::new(cfg);

@@ -244,10 +244,9 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, Error> {
         let mut buf = Vec::new();
         std::io::stdin()
             .read_to_end(&mut buf)
-            .map_err(|e| Error::Config {
-                field: "--stdin".into(),
-                value: String::new(),
-                fix: format!("reading stdin failed: {e}"),
+            .map_err(|source| Error::Io {
+                what: "reading stdin".into(),
+                source,
             })?;
         req = req.stdin(buf);
     }

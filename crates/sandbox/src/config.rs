@@ -514,4 +514,48 @@ mod tests {
             "{msg}"
         );
     }
+
+    #[test]
+    fn a_numeric_secret_in_any_config_file_is_never_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "instance_id: a\n    pool_id: p\n    host: h\n    node: n\n";
+        let files = [
+            (
+                "pvesandbox.yaml",
+                format!("instances:\n  - {base}    password: 123456\n"),
+                "instances.0.password",
+            ),
+            (
+                "pvesandbox.toml",
+                "[[instances]]\ninstance_id = \"a\"\npool_id = \"p\"\nhost = \"h\"\nnode = \"n\"\ntoken_id = \"root@pam!x\"\ntoken_secret = 123456\n".to_owned(),
+                "instances.0.token_secret",
+            ),
+        ];
+        for (name, text, field) in files {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let e = Settings::load_from(Some(&path), &env(&[])).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains("123456"), "{name}: {shown}");
+            assert!(
+                shown.contains(field) && shown.contains("quote it"),
+                "{name}: {shown}"
+            );
+        }
+        // The peer's instances file, through PROXMOX_CONFIG_FILE.
+        let peer = dir.path().join("instances.json");
+        std::fs::write(
+            &peer,
+            r#"{"instances": [{"instance_id": "a", "pool_id": "p", "host": "h", "node": "n", "password": 123456}]}"#,
+        )
+        .unwrap();
+        let e = Settings::load_from(
+            None,
+            &env(&[("PROXMOX_CONFIG_FILE", peer.to_str().unwrap())]),
+        )
+        .unwrap_err();
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains("123456"), "{shown}");
+        assert_eq!(e.kind(), crate::ErrorKind::Config);
+    }
 }

@@ -40,7 +40,7 @@ mod vm;
 
 pub use cleanup::{CleanupReport, CleanupTarget, cleanup};
 pub use config::{ImageOverride, ImageSettings, RunSettings, Settings};
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use eval::{EvalConfig, VmConfig, VmNicConfig};
 pub use lifecycle::{ProgressFn, Sample, SampleTimings, SandboxVm, Sandboxes, TaskOptions};
 pub use owner::{OwnerRecord, RunId};

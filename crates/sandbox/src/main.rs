@@ -2,8 +2,10 @@
 //!
 //! Exit codes: 0 success; 1 the command ran but reported failure (a failed check, a demo
 //! assertion); 2 bad configuration or arguments; 3 no such run/sandbox; 4 Proxmox or pool
-//! error; 5 guest agent error; 6 sample creation failed (and was undone); 7 cleanup left
-//! something behind; 8 timeout. `exec` exits with the command's own status.
+//! error (unreachable, refused, locked, no capacity); 5 guest agent error; 7 something was
+//! left behind (run `pvesandbox cleanup`); 8 timeout. A failed sample creation exits with its
+//! cause's code, and any code but 7 means it removed everything it had made. `exec` exits
+//! with the command's own status. Codes come from `pvesandbox::ErrorKind::exit_code`.
 
 mod commands;
 mod demo;
@@ -31,7 +33,7 @@ struct Cli {
     command: Command,
 }
 
-const EXIT_CODES: &str = "Exit codes: 0 ok, 1 check failed, 2 bad configuration, 3 no such run or sandbox, 4 Proxmox/pool error, 5 guest agent error, 6 sample creation failed (undone), 7 cleanup incomplete, 8 timeout; `exec` returns the command's status.";
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 check failed, 2 bad configuration, 3 no such run or sandbox, 4 Proxmox/pool error, 5 guest agent error, 7 something left behind (run `pvesandbox cleanup`), 8 timeout; a failed `up` exits with its cause's code; `exec` returns the command's status.";
 
 #[derive(Subcommand, Debug)]
 enum Command {
