@@ -1,7 +1,7 @@
 //! The checks, in the order they run. Each is a named step with its own wall time; a check
 //! the target cannot support is skipped with the reason.
 //!
-//! Library checks call `pvesandbox::Sandboxes` directly; CLI checks run the `pvesandbox`
+//! Library checks call `pvesandbox::Run` directly; CLI checks run the `pvesandbox`
 //! binary as a child aimed at the same Proxmox. Every assertion is made against Proxmox state
 //! read through the API (per run: VMs by tag, zones and vnets by the run's key), so the same
 //! check means the same thing on every target.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use guest_agent::ExecRequest;
-use pvesandbox::{EvalConfig, RunId, Sample, Sandboxes, TaskOptions};
+use pvesandbox::{EvalConfig, Run, RunId, Sample, TaskOptions};
 
 use crate::report::{CheckResult, Outcome};
 use crate::target::Target;
@@ -194,7 +194,7 @@ impl<'a> Suite<'a> {
             return;
         }
         let w = self.world;
-        let mut up: Option<(Sandboxes, Sample)> = None;
+        let mut up: Option<(Run, Sample)> = None;
         let mut setup_err = None;
         self.check_always("exec.sample_up", &[Need::Exec], || async {
             match exec_sample(w).await {
@@ -244,9 +244,9 @@ fn eval_of(w: &World, vms: &[serde_json::Value]) -> Result<EvalConfig> {
     Ok(EvalConfig::from_json(&w.eval(vms).to_string())?)
 }
 
-async fn task(w: &World, eval: EvalConfig) -> Result<Sandboxes> {
+async fn task(w: &World, eval: EvalConfig) -> Result<Run> {
     let run = w.new_run();
-    Ok(Sandboxes::task_init(
+    Ok(Run::task_init(
         w.settings.clone(),
         eval,
         TaskOptions {
@@ -561,7 +561,7 @@ async fn await_order(w: &World) -> Result<String> {
     ))
 }
 
-async fn exec_sample(w: &World) -> Result<(Sandboxes, Sample)> {
+async fn exec_sample(w: &World) -> Result<(Run, Sample)> {
     let task = task(w, eval_of(w, &[serde_json::json!({})])?).await?;
     let sample = task.sample_init().await?;
     Ok((task, sample))
@@ -571,7 +571,7 @@ async fn run(sample: &Sample, req: ExecRequest) -> Result<guest_agent::ExecOutpu
     Ok(sample.get("default")?.exec(req).await?)
 }
 
-async fn exit_codes(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn exit_codes(_: &World, _: &Run, s: &Sample) -> Result<String> {
     for (argv, want) in [
         (vec!["true"], 0),
         (vec!["false"], 1),
@@ -607,7 +607,7 @@ fn all_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 256) as u8).collect()
 }
 
-async fn stdin(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn stdin(_: &World, _: &Run, s: &Sample) -> Result<String> {
     let data = all_bytes(300_000);
     let out = run(s, ExecRequest::new(["cat"]).stdin(data.clone())).await?;
     ensure!(
@@ -624,7 +624,7 @@ async fn stdin(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
     Ok(format!("{} binary bytes through cat", data.len()))
 }
 
-async fn env(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn env(_: &World, _: &Run, s: &Sample) -> Result<String> {
     let v = "bär baz $HOME `x` 'q' \"d\"\n2nd line";
     let out = run(
         s,
@@ -639,7 +639,7 @@ async fn env(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
     Ok(String::new())
 }
 
-async fn cwd(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn cwd(_: &World, _: &Run, s: &Sample) -> Result<String> {
     run(s, ExecRequest::new(["mkdir", "-p", "/tmp/e2e cwd ✓"])).await?;
     let out = run(s, ExecRequest::new(["pwd"]).cwd("/tmp/e2e cwd ✓")).await?;
     ensure!(
@@ -650,7 +650,7 @@ async fn cwd(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
     Ok(String::new())
 }
 
-async fn timeout(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn timeout(_: &World, _: &Run, s: &Sample) -> Result<String> {
     let t = Instant::now();
     let r = run(
         s,
@@ -684,7 +684,7 @@ async fn timeout(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
     ))
 }
 
-async fn user(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn user(_: &World, _: &Run, s: &Sample) -> Result<String> {
     let out = run(s, ExecRequest::new(["id", "-un"])).await?;
     ensure!(
         out.stdout == b"root\n",
@@ -696,7 +696,7 @@ async fn user(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
     Ok(String::new())
 }
 
-async fn binary_files(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn binary_files(_: &World, _: &Run, s: &Sample) -> Result<String> {
     let vm = s.get("default")?;
     let data = all_bytes(1 << 20);
     vm.write_file("/tmp/e2e/bin/all-bytes.dat", &data).await?;
@@ -726,7 +726,7 @@ async fn binary_files(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
     Ok(format!("{} bytes round-tripped", data.len()))
 }
 
-async fn non_ascii_path(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> {
+async fn non_ascii_path(_: &World, _: &Run, s: &Sample) -> Result<String> {
     let vm = s.get("default")?;
     let dir = "/tmp/e2e/ünï cödé ✓";
     let path = format!("{dir}/файл 名前.txt");
@@ -747,7 +747,7 @@ async fn non_ascii_path(_: &World, _: &Sandboxes, s: &Sample) -> Result<String> 
     Ok(path)
 }
 
-async fn cli_exec(w: &World, task: &Sandboxes, _: &Sample) -> Result<String> {
+async fn cli_exec(w: &World, task: &Run, _: &Sample) -> Result<String> {
     let run = task.run_id().to_string();
     let (code, out, err) = w
         .run_cli(
@@ -786,7 +786,7 @@ async fn cli_exec(w: &World, task: &Sandboxes, _: &Sample) -> Result<String> {
     Ok(String::new())
 }
 
-async fn cli_exec_stdin(w: &World, task: &Sandboxes, _: &Sample) -> Result<String> {
+async fn cli_exec_stdin(w: &World, task: &Run, _: &Sample) -> Result<String> {
     let run = task.run_id().to_string();
     let data = all_bytes(70_000);
     let (code, out, err) = w
@@ -804,7 +804,7 @@ async fn cli_exec_stdin(w: &World, task: &Sandboxes, _: &Sample) -> Result<Strin
     Ok(String::new())
 }
 
-async fn cli_cp(w: &World, task: &Sandboxes, s: &Sample) -> Result<String> {
+async fn cli_cp(w: &World, task: &Run, s: &Sample) -> Result<String> {
     let run = task.run_id().to_string();
     let local = w.workdir.join("cp-in.bin");
     let back = w.workdir.join("cp-out.bin");
@@ -830,7 +830,7 @@ async fn cli_cp(w: &World, task: &Sandboxes, s: &Sample) -> Result<String> {
     Ok(format!("{} bytes in and out", data.len()))
 }
 
-async fn sample_cleanup(w: &World, task: &Sandboxes, s: &Sample) -> Result<String> {
+async fn sample_cleanup(w: &World, task: &Run, s: &Sample) -> Result<String> {
     s.cleanup(false).await?;
     task.task_cleanup().await?;
     assert_gone(w, task.run_id()).await?;

@@ -31,7 +31,7 @@ const FAKEPVE_TEMPLATE_TAG: &str = "e2e-tpl";
 pub struct World {
     /// The target.
     pub target: Target,
-    /// Settings for [`pvesandbox::Sandboxes::task_init`].
+    /// Settings for [`pvesandbox::Run::task_init`].
     pub settings: Settings,
     /// `vm_source_config` of every VM.
     pub source: serde_json::Value,

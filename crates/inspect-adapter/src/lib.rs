@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent::{ExecRequest, GuestAgent};
 use pvesandbox::{
-    CleanupReport, CleanupTarget, EvalConfig, RunId, Sample, SandboxVm, Sandboxes, Settings,
+    CleanupReport, CleanupTarget, EvalConfig, Fleet, Run, RunId, Sample, SandboxVm, Settings,
     TaskOptions,
 };
 use pyo3::prelude::*;
@@ -52,7 +52,8 @@ fn run_id(s: &str) -> PyResult<RunId> {
         .map_err(|m| plain("config", format!("invalid configuration: run id: {m}")))
 }
 
-/// Starts a task: loads settings, validates the eval config, starts the pool and makes sure
+/// Starts a task: loads settings, validates the eval config, joins the process's fleet (or
+/// starts it) and makes sure
 /// every template exists. The config is JSON text (a pydantic model's dump), or a path to a
 /// JSON/YAML/TOML file, or neither (the defaults: one ubuntu24.04 VM on an auto network).
 #[pyfunction]
@@ -81,9 +82,10 @@ fn task_init(
             run,
             ..TaskOptions::default()
         };
-        let sandboxes = Sandboxes::task_init(settings, eval, opts)
-            .await
-            .map_err(errors::lifecycle)?;
+        // Tasks of one process (an eval set) share one fleet: one capacity count, one set of
+        // clone gates per storage.
+        let fleet = Fleet::shared(settings).await.map_err(errors::lifecycle)?;
+        let sandboxes = fleet.run(eval, opts).await.map_err(errors::lifecycle)?;
         Ok(Task {
             sandboxes,
             users: Arc::new(users),
@@ -151,7 +153,7 @@ fn report_dict(r: CleanupReport) -> BTreeMap<&'static str, Vec<String>> {
 /// One started eval config: a run with its pool and templates.
 #[pyclass(frozen, module = "pvesandbox_inspect._native")]
 struct Task {
-    sandboxes: Sandboxes,
+    sandboxes: Run,
     /// Sandbox name → the `user` its VM config names (commands and files run as that user).
     users: Arc<BTreeMap<String, Option<String>>>,
 }

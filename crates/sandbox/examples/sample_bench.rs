@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent::ExecRequest;
 use pvesandbox::embedded::{DemoSim, SimOptions, start_demo_sim_with};
-use pvesandbox::{EvalConfig, Sandboxes, Settings, TaskOptions};
+use pvesandbox::{EvalConfig, Run, Settings, TaskOptions};
 use pvesandbox_pool::TaskPolling;
 
 const SAMPLES: usize = 20;
@@ -63,12 +63,12 @@ async fn instant() -> Result<(), Box<dyn std::error::Error>> {
     settings.instances[0].max_samples = Some(4);
     let eval = EvalConfig::from_json(EVAL)?;
     let t = Instant::now();
-    let task = Sandboxes::task_init(settings, eval, TaskOptions::default()).await?;
+    let task = Run::task_init(settings, eval, TaskOptions::default()).await?;
     println!(
         "task_init (template download + bake, instant tasks): {:.1} ms",
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let run_one = |task: Sandboxes| async move {
+    let run_one = |task: Run| async move {
         let t = Instant::now();
         let s = task.sample_init().await?;
         let init = t.elapsed();
@@ -160,7 +160,7 @@ impl Calls {
 type Phase = (Calls, Duration);
 
 /// A 1-VM sample's phases: init, one exec, cleanup.
-async fn one_sample(sim: &DemoSim, task: &Sandboxes) -> Result<[Phase; 3], pvesandbox::Error> {
+async fn one_sample(sim: &DemoSim, task: &Run) -> Result<[Phase; 3], pvesandbox::Error> {
     Calls::take(sim);
     let t = Instant::now();
     let s = task.sample_init().await?;
@@ -190,7 +190,7 @@ async fn measure(
     settings.instances[0].max_samples = Some(8);
     settings.instances[0].task_polling = polling;
     let t = Instant::now();
-    let task = Sandboxes::task_init(
+    let task = Run::task_init(
         settings,
         EvalConfig::from_json(EVAL)?,
         TaskOptions::default(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use guest_agent::{ExecRequest, GuestAgent};
 use pvesandbox::owner::parse_vm_name;
-use pvesandbox::{CleanupReport, CleanupTarget, Error, EvalConfig, RunId, Sandboxes, Settings};
+use pvesandbox::{CleanupReport, CleanupTarget, Error, EvalConfig, Run, RunId, Settings};
 
 /// What every command gets from the global flags.
 pub struct Ctx {
@@ -153,7 +153,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
         run: a.run,
         ..Default::default()
     };
-    let task = Sandboxes::task_init(settings, eval, opts).await?;
+    let task = Run::task_init(settings, eval, opts).await?;
     let sample = task.sample_init().await?;
     let vms: Vec<_> = sample
         .sandboxes()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use guest_agent::ExecRequest;
-use pvesandbox::{Error, EvalConfig, Sample, Sandboxes, TaskOptions};
+use pvesandbox::{Error, EvalConfig, Run, Sample, TaskOptions};
 
 use crate::commands::Ctx;
 use crate::progress::Bars;
@@ -37,7 +37,7 @@ fn demo_eval() -> EvalConfig {
     .expect("the demo's eval config is valid")
 }
 
-async fn one_sample(task: &Sandboxes, idx: usize) -> Result<(Sample, Row), Error> {
+async fn one_sample(task: &Run, idx: usize) -> Result<(Sample, Row), Error> {
     let sample = task.sample_init().await?;
     let mut row: Row = vec![
         ("lease", sample.timings().lease),
@@ -100,7 +100,7 @@ pub async fn run(ctx: &Ctx, a: DemoArgs) -> Result<i32, Error> {
     }
     let bars = Bars::new(ctx.json);
     let t = Instant::now();
-    let task = Sandboxes::task_init(
+    let task = Run::task_init(
         settings,
         eval,
         TaskOptions {

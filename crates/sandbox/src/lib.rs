@@ -7,9 +7,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), pvesandbox::Error> {
-//! use pvesandbox::{EvalConfig, Sandboxes, Settings, TaskOptions};
+//! use pvesandbox::{EvalConfig, Run, Settings, TaskOptions};
 //! let settings = Settings::load(None)?; // PROXMOX_* / PROXMOX_CONFIG_FILE / pvesandbox.toml
-//! let task = Sandboxes::task_init(settings, EvalConfig::default(), TaskOptions::default()).await?;
+//! let task = Run::task_init(settings, EvalConfig::default(), TaskOptions::default()).await?;
 //! let sample = task.sample_init().await?;
 //! let out = sample
 //!     .get("default")?
@@ -31,6 +31,7 @@ pub mod config;
 pub mod embedded;
 mod error;
 pub mod eval;
+mod fleet;
 mod images;
 pub mod lifecycle;
 pub mod owner;
@@ -42,7 +43,8 @@ pub use cleanup::{CleanupReport, CleanupTarget, cleanup};
 pub use config::{ImageOverride, ImageSettings, RunSettings, Settings};
 pub use error::{Error, ErrorKind};
 pub use eval::{EvalConfig, VmConfig, VmNicConfig};
-pub use lifecycle::{ProgressFn, Sample, SampleTimings, SandboxVm, Sandboxes, TaskOptions};
+pub use fleet::Fleet;
+pub use lifecycle::{ProgressFn, Run, Sample, SampleTimings, SandboxVm, TaskOptions};
 pub use owner::{OwnerRecord, RunId};
 pub use vm::OwnedVm;
 

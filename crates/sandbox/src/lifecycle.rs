@@ -21,22 +21,23 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use guest_agent::{ExecOutput, ExecRequest, GuestAgent};
 use pve_client::PveClient;
-use pve_sdn::{Egress, Network, NetworkIds, NetworkOptions, SdnError, SdnSpec, SubnetReservations};
-use pvesandbox_pool::{InstanceHandle, Lease, Needs, Pool, PoolOptions};
-use pvesandbox_templates::{Progress, Template, Templates};
+use pve_sdn::{Egress, Network, NetworkIds, NetworkOptions, SdnError, SdnSpec};
+use pvesandbox_pool::{InstanceHandle, Lease, Needs};
+use pvesandbox_templates::{Progress, Template};
 use tokio::sync::Mutex;
 
 use crate::cleanup::{CleanupReport, CleanupTarget, cleanup_instance};
 use crate::config::Settings;
 use crate::error::Error;
 use crate::eval::{EvalConfig, VmConfig};
+use crate::fleet::Fleet;
 use crate::owner::{OwnerRecord, RunId, vm_name};
 use crate::vm;
 
 /// Progress of long steps (template downloads and builds) as `(instance, event)`.
 pub type ProgressFn = Arc<dyn Fn(&str, &Progress) + Send + Sync>;
 
-/// Options of [`Sandboxes::task_init`].
+/// Options of [`Run::task_init`].
 #[derive(Default, Clone)]
 pub struct TaskOptions {
     /// Reuse this run id (e.g. to resume cleanup; default: a fresh one).
@@ -62,29 +63,28 @@ struct Instance {
     handle: InstanceHandle,
     /// Template per VM of the eval (index into `vms_config`).
     per_vm: Vec<Template>,
-    subnets: SubnetReservations,
 }
 
 struct Inner {
-    settings: Settings,
+    fleet: Fleet,
     eval: EvalConfig,
     run: RunId,
-    pool: Pool,
+    /// The instances of the eval's pool.
     instances: BTreeMap<String, Instance>,
     next_sample: AtomicU32,
     /// Samples not yet cleaned, by sequence number: what task cleanup must still do.
     open: StdMutex<BTreeMap<u32, Arc<SampleState>>>,
 }
 
-/// A task: one eval (or one `pvesandbox up`), owning a run id and a pool.
+/// A run: one eval (or one `pvesandbox up`) on a [`Fleet`], owning a run id; cheap to clone.
 #[derive(Clone)]
-pub struct Sandboxes {
+pub struct Run {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for Sandboxes {
+impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandboxes")
+        f.debug_struct("Run")
             .field("run", &self.inner.run)
             .field("instances", &self.inner.instances.keys())
             .finish_non_exhaustive()
@@ -109,22 +109,27 @@ type NetFailure = Arc<StdMutex<Option<SdnError>>>;
 type SharedNet =
     futures_util::future::Shared<futures_util::future::BoxFuture<'static, Result<Network, String>>>;
 
-impl Sandboxes {
-    /// Validates, starts the pool and makes sure every template exists on every instance of
-    /// the eval's pool (instances in parallel).
+impl Run {
+    /// A fleet of its own and one run on it: what a one-eval process (`pvesandbox up`) needs.
+    /// Processes with several runs start one [`Fleet`] and call [`Fleet::run`] on it.
     pub async fn task_init(
         settings: Settings,
         eval: EvalConfig,
         opts: TaskOptions,
-    ) -> Result<Sandboxes, Error> {
-        settings.validate()?;
+    ) -> Result<Run, Error> {
+        Fleet::start(settings).await?.run(eval, opts).await
+    }
+
+    /// Validates the eval and makes sure every template exists on every instance of the
+    /// eval's pool (instances in parallel).
+    pub(crate) async fn start(
+        fleet: Fleet,
+        eval: EvalConfig,
+        opts: TaskOptions,
+    ) -> Result<Run, Error> {
         eval.validate()?;
-        let members: Vec<_> = settings
-            .instances
-            .iter()
-            .filter(|i| i.pool_id == eval.instance_pool_id)
-            .cloned()
-            .collect();
+        let settings = fleet.settings();
+        let members: Vec<_> = fleet.members(&eval.instance_pool_id).collect();
         if members.is_empty() {
             return Err(Error::Config {
                 field: "instance_pool_id".into(),
@@ -139,14 +144,13 @@ impl Sandboxes {
                 ),
             });
         }
-        let pool = Pool::start(members, PoolOptions::default()).await?;
         let mut run = opts.run.clone().unwrap_or_else(RunId::random);
         // Network ids embed only the run's 4-character key; make sure no live run shares it.
         if opts.run.is_none() {
             for _ in 0..8 {
                 let mut taken = false;
-                for h in pool.instances() {
-                    let zones = pve_sdn::list_owned_zones(h.client()).await?;
+                for m in &members {
+                    let zones = pve_sdn::list_owned_zones(m.handle.client()).await?;
                     taken |= zones.iter().any(|(_, key, _)| key == run.key());
                 }
                 if !taken {
@@ -155,15 +159,11 @@ impl Sandboxes {
                 run = RunId::random();
             }
         }
-        let jobs = pool.instances().iter().map(|h| {
-            let settings = &settings;
+        let jobs = members.iter().map(|m| {
             let eval = &eval;
             let progress = opts.progress.clone();
+            let (h, templates) = (&m.handle, &m.templates);
             async move {
-                let templates = Templates::new(
-                    h.client().clone(),
-                    crate::images::template_config(settings, h.config())?,
-                );
                 if settings.run.egress {
                     // The host's own address, when it is a public one, is out of bounds too.
                     let host: Vec<String> = h
@@ -202,7 +202,6 @@ impl Sandboxes {
                     Instance {
                         handle: h.clone(),
                         per_vm,
-                        subnets: SubnetReservations::new(),
                     },
                 ))
             }
@@ -212,12 +211,11 @@ impl Sandboxes {
             let (id, inst) = r?;
             instances.insert(id, inst);
         }
-        Ok(Sandboxes {
+        Ok(Run {
             inner: Arc::new(Inner {
-                settings,
+                fleet: fleet.clone(),
                 eval,
                 run,
-                pool,
                 instances,
                 next_sample: AtomicU32::new(0),
                 open: StdMutex::new(BTreeMap::new()),
@@ -237,17 +235,20 @@ impl Sandboxes {
 
     /// The settings.
     pub fn settings(&self) -> &Settings {
-        &self.inner.settings
+        self.inner.fleet.settings()
     }
 
-    /// How many samples the pool can hold at once (Inspect's `default_concurrency`).
+    /// The fleet it runs on.
+    pub fn fleet(&self) -> &Fleet {
+        &self.inner.fleet
+    }
+
+    /// How many samples the eval's pool holds at once, shared with every other run of the
+    /// fleet on that pool (Inspect's `default_concurrency`).
     pub fn capacity(&self) -> usize {
         self.inner
-            .pool
-            .instances()
-            .iter()
-            .map(|h| h.config().max_samples.unwrap_or(1) as usize)
-            .sum::<usize>()
+            .fleet
+            .capacity(&self.inner.eval.instance_pool_id)
             .max(1)
     }
 
@@ -263,11 +264,12 @@ impl Sandboxes {
         };
         let t = Instant::now();
         let lease = inner
-            .pool
+            .fleet
+            .pool()
             .acquire(
                 &inner.eval.instance_pool_id,
                 needs,
-                inner.settings.run.lease_timeout(),
+                inner.fleet.settings().run.lease_timeout(),
             )
             .await?;
         timings.lease = t.elapsed();
@@ -331,12 +333,12 @@ impl Sandboxes {
             let t = Instant::now();
             let inst = &inner.instances[&inst_id];
             let opts = NetworkOptions {
-                egress: if inner.settings.run.egress {
+                egress: if inner.fleet.settings().run.egress {
                     Egress::Internet
                 } else {
                     Egress::None
                 },
-                supernet: inner.settings.run.supernet.clone(),
+                supernet: inner.fleet.settings().run.supernet.clone(),
                 ..Default::default()
             };
             let applier = PoolApplier(inst.handle.clone());
@@ -345,7 +347,7 @@ impl Sandboxes {
                 &inner.eval.sdn_config,
                 &ids,
                 &opts,
-                &inst.subnets,
+                &inner.fleet.instance(&inst_id).subnets,
                 &applier,
             )
             .await;
@@ -374,7 +376,7 @@ impl Sandboxes {
     ) -> Result<Vec<SandboxVm>, (String, Error)> {
         let inner = &self.inner;
         let inst = &inner.instances[&state.instance];
-        let run = &inner.settings.run;
+        let run = &inner.fleet.settings().run;
         let (first_tx, first_rx) = tokio::sync::watch::channel(false);
         let net_time: Arc<StdMutex<Option<Duration>>> = Arc::default();
         let (net, net_failure) = self
@@ -553,8 +555,8 @@ impl Sandboxes {
         }
         let target = CleanupTarget::Run(self.inner.run.clone());
         let mut report = CleanupReport::default();
-        for h in self.inner.pool.instances() {
-            report.extend(cleanup_instance(h.id(), h.client(), &target).await);
+        for i in self.inner.instances.values() {
+            report.extend(cleanup_instance(i.handle.id(), i.handle.client(), &target).await);
         }
         report.failed.extend(leftover);
         report.into_result()
@@ -636,7 +638,7 @@ impl SampleState {
 
     /// Destroys the VMs (parallel), then removes the network (PVE's IPAM refuses to delete
     /// a subnet whose addresses guests still hold), then returns the lease. Idempotent.
-    async fn teardown(&self, task: &Sandboxes) -> Result<(), Error> {
+    async fn teardown(&self, task: &Run) -> Result<(), Error> {
         let mut done = self.done.lock().await;
         if *done {
             return Ok(());
@@ -661,9 +663,9 @@ impl SampleState {
         if failed.is_empty()
             && let Some(net) = net
         {
-            let inst = &task.inner.instances[&self.instance];
+            let subnets = &task.inner.fleet.instance(&self.instance).subnets;
             let applier = PoolApplier(self.handle.clone());
-            if let Err(e) = pve_sdn::teardown(client, &net, &inst.subnets, &applier).await {
+            if let Err(e) = pve_sdn::teardown(client, &net, subnets, &applier).await {
                 failed.push(format!(
                     "{}/network {}: {e}",
                     self.instance,
@@ -689,7 +691,7 @@ impl SampleState {
 
 /// A created sample: its sandboxes by name, until [`Sample::cleanup`].
 pub struct Sample {
-    task: Sandboxes,
+    task: Run,
     state: Arc<SampleState>,
     sandboxes: Vec<SandboxVm>,
     timings: SampleTimings,

@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 
 use common::*;
-use pvesandbox::{RunId, Sandboxes, TaskOptions};
+use pvesandbox::{Run, RunId, TaskOptions};
 
 struct Cli {
     env: Vec<(String, String)>,
@@ -41,7 +41,7 @@ async fn up_ls_exec_cp_down() {
     }
     let (sim, settings) = world().await;
     // Warm the template in-process; the CLI finds it by tag.
-    Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+    Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
     let env = child_env(&sim, &settings);

@@ -11,7 +11,7 @@ use std::process::Stdio;
 
 use common::*;
 use pvesandbox::embedded::DemoSim;
-use pvesandbox::{RunId, Sandboxes, Settings, TaskOptions};
+use pvesandbox::{Run, RunId, Settings, TaskOptions};
 use rand::{Rng, SeedableRng};
 use tokio::process::Command;
 
@@ -81,7 +81,7 @@ async fn kill_9_anywhere_then_cleanup_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let child = Child::new(&sim, &settings, dir.path());
     // Warm the template once, as an eval's task_init would.
-    Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+    Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
 

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use guest_agent::ExecRequest;
 use pve_sim::FaultError;
-use pvesandbox::{CleanupTarget, Error, Sandboxes, TaskOptions};
+use pvesandbox::{CleanupTarget, Error, Fleet, Run, TaskOptions};
 
 fn sh(cmd: &str) -> ExecRequest {
     ExecRequest::new(["sh", "-c", cmd])
@@ -25,7 +25,7 @@ async fn a_multi_vm_sample_runs_and_leaves_nothing() {
             {"vm_source_config": {"built_in": "debian13"}, "name": "third", "ram_mb": 512, "vcpus": 1, "disk_gb": 20, "uefi_boot": true}
         ]}"#,
     );
-    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+    let task = Run::task_init(settings, cfg, TaskOptions::default())
         .await
         .unwrap();
     let sample = task.sample_init().await.unwrap();
@@ -94,7 +94,7 @@ async fn concurrent_samples_get_their_own_networks() {
         return;
     }
     let (sim, settings) = world().await;
-    let task = Sandboxes::task_init(settings, one_vm(), TaskOptions::default())
+    let task = Run::task_init(settings, one_vm(), TaskOptions::default())
         .await
         .unwrap();
     let (a, b, c) = tokio::join!(task.sample_init(), task.sample_init(), task.sample_init());
@@ -141,7 +141,7 @@ async fn a_failed_sample_init_undoes_everything_it_made() {
     }
     let (sim, settings) = world().await;
     let cfg = two_vms();
-    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+    let task = Run::task_init(settings, cfg, TaskOptions::default())
         .await
         .unwrap();
     sim.sim().fail_next(
@@ -172,10 +172,10 @@ async fn two_runs_on_one_host_never_touch_each_other() {
         return;
     }
     let (sim, settings) = world().await;
-    let a = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+    let a = Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
-    let b = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+    let b = Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
     assert_ne!(a.run_id(), b.run_id());
@@ -207,12 +207,69 @@ async fn two_runs_on_one_host_never_touch_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_runs_of_one_fleet_share_one_capacity_count() {
+    // Two runs that each started their own pool would both get the instance's one slot.
+    if !guests_available() {
+        return;
+    }
+    let (sim, mut settings) = world().await;
+    settings.instances[0].max_samples = Some(1);
+    settings.run.lease_timeout_secs = 1;
+    let fleet = Fleet::start(settings).await.unwrap();
+    let a = fleet.run(one_vm(), TaskOptions::default()).await.unwrap();
+    let b = fleet.run(one_vm(), TaskOptions::default()).await.unwrap();
+    assert_ne!(a.run_id(), b.run_id());
+    assert_eq!((a.capacity(), b.capacity()), (1, 1));
+    let sa = a.sample_init().await.unwrap();
+    // A's sample holds the slot: B waits its lease timeout out.
+    let e = b.sample_init().await.unwrap_err();
+    assert!(
+        matches!(e, Error::Pool(pvesandbox_pool::PoolError::Timeout { .. })),
+        "{e}"
+    );
+    sa.cleanup(false).await.unwrap();
+    let sb = b.sample_init().await.unwrap();
+    assert_eq!(
+        sb.get("default")
+            .unwrap()
+            .exec(sh("true"))
+            .await
+            .unwrap()
+            .status,
+        0
+    );
+    sb.cleanup(false).await.unwrap();
+    a.task_cleanup().await.unwrap();
+    b.task_cleanup().await.unwrap();
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+}
+
+#[tokio::test]
+async fn fleets_are_shared_per_settings_while_alive() {
+    if !guests_available() {
+        return;
+    }
+    let (_sim, settings) = world().await;
+    let one = Fleet::shared(settings.clone()).await.unwrap();
+    let two = Fleet::shared(settings.clone()).await.unwrap();
+    assert!(one.same_as(&two));
+    let mut other = settings.clone();
+    other.run.ttl_minutes += 1;
+    assert!(!Fleet::shared(other).await.unwrap().same_as(&one));
+    drop((one, two));
+    // Nobody holds it any more: the next caller starts afresh.
+    let three = Fleet::shared(settings).await.unwrap();
+    let four = Fleet::shared(three.settings().clone()).await.unwrap();
+    assert!(three.same_as(&four));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn expired_resources_go_unless_their_owner_is_alive() {
     if !guests_available() {
         return;
     }
     let (sim, settings) = world().await;
-    let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+    let task = Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
     let sample = task.sample_init().await.unwrap();
@@ -255,7 +312,7 @@ async fn a_warm_one_vm_sample_costs_few_rest_calls() {
         return;
     }
     let (sim, settings) = world().await;
-    let task = Sandboxes::task_init(settings, one_vm(), TaskOptions::default())
+    let task = Run::task_init(settings, one_vm(), TaskOptions::default())
         .await
         .unwrap();
     // Warm: the template exists, the pool probed. Count init + 10 execs + cleanup.
@@ -293,7 +350,7 @@ async fn warm_network_two_linked_clones_and_teardown_rest_calls() {
     }
     let (sim, settings) = world().await;
     let cfg = two_vms();
-    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+    let task = Run::task_init(settings, cfg, TaskOptions::default())
         .await
         .unwrap();
     sim.sim().reset_requests();
@@ -353,7 +410,7 @@ async fn egress_is_off_unless_asked_for() {
         if egress {
             // The sandbox token lacks Sys.Modify, which creating the datacenter-wide egress
             // group takes: the first egress task says so, and works once an admin made it.
-            let err = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+            let err = Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
                 .await
                 .unwrap_err()
                 .to_string();
@@ -364,7 +421,7 @@ async fn egress_is_off_unless_asked_for() {
             let admin = sim.embedded().admin_client().unwrap();
             pve_sdn::ensure_firewall_base(&admin, &[]).await.unwrap();
         }
-        let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+        let task = Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
             .await
             .unwrap();
         let sample = task.sample_init().await.unwrap();
@@ -401,7 +458,7 @@ async fn gc_keeps_what_evals_need_and_templates_with_clones() {
         return;
     }
     let (sim, settings) = world().await;
-    let task = Sandboxes::task_init(settings.clone(), one_vm(), TaskOptions::default())
+    let task = Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
         .unwrap();
     let sample = task.sample_init().await.unwrap();
@@ -454,7 +511,7 @@ async fn a_vm_with_a_user_runs_as_that_user_in_its_home() {
     let cfg = eval(
         r#"{"vms_config": [{"vm_source_config": {"built_in": "debian13"}, "ram_mb": 512, "vcpus": 1, "user": "daemon"}]}"#,
     );
-    let task = Sandboxes::task_init(settings, cfg, TaskOptions::default())
+    let task = Run::task_init(settings, cfg, TaskOptions::default())
         .await
         .unwrap();
     let sample = task.sample_init().await.unwrap();

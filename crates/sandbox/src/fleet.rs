@@ -1,0 +1,146 @@
+//! The process-level core every run shares: one pool over every configured instance (its
+//! actor system, VM-id allocators, per-storage clone gates and coalesced SDN applies), and per
+//! instance the subnet reservations and the template store.
+//!
+//! One `Fleet` per process, cheap to clone. Two evals of one process (an eval set, or a server
+//! holding many users' sandboxes) that each started their own would count capacity twice and
+//! clone onto one storage in parallel, which the clone gate exists to prevent; runs of one
+//! fleet wait for the same leases and the same gates.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use pve_sdn::SubnetReservations;
+use pvesandbox_pool::{InstanceHandle, Pool, PoolOptions};
+use pvesandbox_templates::Templates;
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::eval::EvalConfig;
+use crate::lifecycle::{Run, TaskOptions};
+
+/// The process's pool, reservations and template stores; see the module docs.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: Settings,
+    pool: Pool,
+    instances: BTreeMap<String, FleetInstance>,
+}
+
+/// What the fleet keeps of one instance for all its runs.
+pub(crate) struct FleetInstance {
+    pub(crate) handle: InstanceHandle,
+    /// Ranges this process's samples hold on the instance, whichever run they belong to.
+    pub(crate) subnets: SubnetReservations,
+    /// Finds and builds templates (and remembers OVA digests) for every run.
+    pub(crate) templates: Templates,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("instances", &self.inner.instances.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Validates `settings` and starts the pool over every configured instance (probed in
+    /// parallel; one that fails starts quarantined, as long as another is usable).
+    pub async fn start(settings: Settings) -> Result<Fleet, Error> {
+        settings.validate()?;
+        let pool = Pool::start(settings.instances.clone(), PoolOptions::default()).await?;
+        let mut instances = BTreeMap::new();
+        for h in pool.instances() {
+            let templates = Templates::new(
+                h.client().clone(),
+                crate::images::template_config(&settings, h.config())?,
+            );
+            instances.insert(
+                h.id().to_owned(),
+                FleetInstance {
+                    handle: h.clone(),
+                    subnets: SubnetReservations::new(),
+                    templates,
+                },
+            );
+        }
+        Ok(Fleet {
+            inner: Arc::new(Inner {
+                settings,
+                pool,
+                instances,
+            }),
+        })
+    }
+
+    /// The process's live fleet for `settings`, or a new one: callers that each load the same
+    /// settings (the Inspect adapter's tasks of one eval set) share one pool, one capacity
+    /// count and one set of clone gates. A fleet lives while a clone of it does; the next call
+    /// after that starts afresh. Settings that differ only in their secrets count as the same
+    /// (they come from one process's sources).
+    pub async fn shared(settings: Settings) -> Result<Fleet, Error> {
+        static LIVE: tokio::sync::Mutex<Vec<(String, Weak<Inner>)>> =
+            tokio::sync::Mutex::const_new(Vec::new());
+        // Debug shows every field but the secrets.
+        let key = format!("{settings:?}");
+        // Held across the start, so concurrent callers wait for one fleet, not start two.
+        let mut live = LIVE.lock().await;
+        live.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(inner) = live
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(Fleet { inner });
+        }
+        let fleet = Fleet::start(settings).await?;
+        live.push((key, Arc::downgrade(&fleet.inner)));
+        Ok(fleet)
+    }
+
+    /// Starts a run of `eval` on this fleet: its templates ensured on every instance of the
+    /// eval's pool (in parallel).
+    pub async fn run(&self, eval: EvalConfig, opts: TaskOptions) -> Result<Run, Error> {
+        Run::start(self.clone(), eval, opts).await
+    }
+
+    /// Whether `other` is a clone of this fleet (the same pool).
+    pub fn same_as(&self, other: &Fleet) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The settings it was started with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The pool every run leases from.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The instances of pool `pool_id`.
+    pub(crate) fn members(&self, pool_id: &str) -> impl Iterator<Item = &FleetInstance> {
+        self.inner
+            .instances
+            .values()
+            .filter(move |i| i.handle.config().pool_id == pool_id)
+    }
+
+    /// One instance, by id.
+    pub(crate) fn instance(&self, id: &str) -> &FleetInstance {
+        &self.inner.instances[id]
+    }
+
+    /// How many samples pool `pool_id` holds at once, over all runs.
+    pub fn capacity(&self, pool_id: &str) -> usize {
+        self.members(pool_id)
+            .map(|i| i.handle.config().max_samples.unwrap_or(1) as usize)
+            .sum()
+    }
+}
