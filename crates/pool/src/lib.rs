@@ -49,11 +49,13 @@ use actix::Addr;
 pub use allocator::{AllocError, VmidAllocator};
 pub use config::{HttpHeader, InstanceConfig, InstancesFile, TaskPolling, VmidRange};
 pub use error::PoolError;
-pub use instance::{InstanceActor, InstanceHandle, InstanceInfo};
-pub use runtime::ActorRuntime;
-pub use supervisor::{
-    Capacity, CleanupRetry, InstanceStats, Lease, Needs, PoolOptions, PoolStats, PoolSupervisor,
-};
+pub use instance::{InstanceHandle, InstanceInfo};
+pub use supervisor::{Capacity, CleanupRetry, InstanceStats, Lease, Needs, PoolOptions, PoolStats};
+
+// The actors stay inside: only this crate knows actix.
+use instance::InstanceActor;
+use runtime::ActorRuntime;
+use supervisor::PoolSupervisor;
 
 use supervisor::{Acquire, GetStats, Slot};
 

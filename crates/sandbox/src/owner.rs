@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// The tag every VM we create carries.
-pub const TAG: &str = "pvesandbox";
+/// The tag every VM we create carries (one constant, shared with the templates crate).
+pub use pvesandbox_templates::TAG;
 /// The tag prefix naming the owning run.
 pub const RUN_PREFIX: &str = "run-";
 /// The tag prefix carrying the expiry (unix seconds).
