@@ -40,6 +40,14 @@ pub enum Error {
         /// Names it has.
         known: Vec<String>,
     },
+    /// A VM that should be ours no longer says so (its owner record or tags were changed).
+    #[error("{vm} is no longer recognisably ours: {why}")]
+    NotOurs {
+        /// `instance/vmid (name)`.
+        vm: String,
+        /// What is missing.
+        why: String,
+    },
     /// Nothing of that run exists on any configured instance.
     #[error("run {run} not found on any configured Proxmox instance")]
     NoSuchRun {
@@ -255,7 +263,9 @@ impl Error {
                 ErrorKind::Config
             }
             Error::Template(pvesandbox_templates::Error::Config { .. }) => ErrorKind::Config,
-            Error::NoSuchSandbox { .. } | Error::NoSuchRun { .. } => ErrorKind::NotFound,
+            Error::NoSuchSandbox { .. } | Error::NoSuchRun { .. } | Error::NotOurs { .. } => {
+                ErrorKind::NotFound
+            }
             Error::Agent(_) => ErrorKind::GuestAgent,
             Error::SampleInit { leftover, .. } if !leftover.is_empty() => ErrorKind::Leftover,
             Error::SampleInit { source, .. } => source.kind(),

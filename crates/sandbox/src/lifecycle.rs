@@ -736,6 +736,49 @@ impl Sample {
     pub fn timings(&self) -> &SampleTimings {
         &self.timings
     }
+    /// Moves the sample's expiry to `expires_at`: every VM's `exp-` tag and owner record are
+    /// rewritten (other tags kept), each with its config digest so a concurrent change is
+    /// refused rather than overwritten. Until then `cleanup --expired` leaves it alone.
+    pub async fn renew(&self, expires_at: std::time::SystemTime) -> Result<(), Error> {
+        let expires = expires_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| Error::Config {
+                field: "expires_at".into(),
+                value: format!("{expires_at:?}"),
+                fix: "give a time after 1970".into(),
+            })?
+            .as_secs();
+        let vms = lock(&self.state.vms).clone();
+        let client = self.state.handle.client();
+        let node = client.node(&self.state.handle.config().node);
+        for (vmid, name) in vms {
+            let vm = node.qemu(pve_client::Vmid(vmid));
+            let cfg = vm.config_current().await?;
+            let description = cfg.get("description").unwrap_or_default();
+            let Some(mut record) = OwnerRecord::parse(&description) else {
+                return Err(Error::NotOurs {
+                    vm: format!("{}/{vmid} ({name})", self.state.instance),
+                    why: "its description holds no owner record any more; not renewed".into(),
+                });
+            };
+            record.expires = expires;
+            let mut tags: Vec<String> = cfg
+                .tag_list()
+                .into_iter()
+                .filter(|t| !t.starts_with(crate::owner::EXPIRY_PREFIX))
+                .collect();
+            tags.push(format!("{}{expires}", crate::owner::EXPIRY_PREFIX));
+            tags.sort();
+            let mut p = pve_client::Params::new()
+                .with("tags", tags.join(";"))
+                .with("description", record.description());
+            if let Some(d) = cfg.digest() {
+                p = p.with("digest", d);
+            }
+            vm.update_config(&p).await?;
+        }
+        Ok(())
+    }
     /// Removes everything the sample made (idempotent). With `interrupted`, defers to the
     /// task's cleanup instead, as Inspect asks for a cancelled sample.
     pub async fn cleanup(&self, interrupted: bool) -> Result<(), Error> {

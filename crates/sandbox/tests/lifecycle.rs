@@ -244,6 +244,45 @@ async fn two_runs_of_one_fleet_share_one_capacity_count() {
     assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renew_moves_the_expiry_in_tags_and_owner_record() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let task = Run::task_init(settings, one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let vmid = sample.get("default").unwrap().vmid();
+    let before = sim.sim().vm_config(vmid).unwrap();
+    let old = pvesandbox::OwnerRecord::parse(&before["description"]).unwrap();
+    let new = old.expires + 7 * 24 * 3600;
+    sample
+        .renew(std::time::UNIX_EPOCH + std::time::Duration::from_secs(new))
+        .await
+        .unwrap();
+    let after = sim.sim().vm_config(vmid).unwrap();
+    let record = pvesandbox::OwnerRecord::parse(&after["description"]).unwrap();
+    assert_eq!(
+        record,
+        pvesandbox::OwnerRecord {
+            expires: new,
+            ..old
+        }
+    );
+    let tags: Vec<&str> = after["tags"].split(';').collect();
+    let mut want = vec![
+        "pvesandbox".to_owned(),
+        format!("run-{}", task.run_id()),
+        format!("exp-{new}"),
+    ];
+    want.sort();
+    assert_eq!(tags, want, "{}", after["tags"]);
+    sample.cleanup(false).await.unwrap();
+    task.task_cleanup().await.unwrap();
+}
+
 #[tokio::test]
 async fn fleets_are_shared_per_settings_while_alive() {
     if !guests_available() {
