@@ -187,33 +187,28 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// A sandbox of a run, found from PVE state.
+/// A sandbox of a run, found from PVE state: `name` (the first sample having it) or
+/// `name.s<sample>`.
 async fn find(settings: &Settings, run: &RunId, name: &str) -> Result<GuestAgent, Error> {
+    let samples = pvesandbox::locate(&settings.instances, run).await?;
+    if samples.is_empty() {
+        return Err(Error::NoSuchRun {
+            run: run.to_string(),
+        });
+    }
     let mut known = Vec::new();
-    for i in &settings.instances {
-        let client = i.client().map_err(Error::from_pool)?;
-        for vm in pvesandbox::owned_vms(&client).await? {
-            if vm.tagged.run.as_ref() != Some(run) {
-                continue;
+    for s in &samples {
+        for vm in &s.vms {
+            if vm.name == name || format!("{}.s{}", vm.name, s.id.seq) == name {
+                return Ok(vm.agent.clone());
             }
-            if let Some((n, sample, _)) = parse_vm_name(&vm.name) {
-                if n == name || format!("{n}.s{sample}") == name {
-                    return Ok(GuestAgent::new(client.clone(), &vm.node, vm.vmid));
-                }
-                known.push(n);
-            }
+            known.push(vm.name.clone());
         }
     }
-    if known.is_empty() {
-        Err(Error::NoSuchRun {
-            run: run.to_string(),
-        })
-    } else {
-        Err(Error::NoSuchSandbox {
-            name: name.into(),
-            known,
-        })
-    }
+    Err(Error::NoSuchSandbox {
+        name: name.into(),
+        known,
+    })
 }
 
 /// `exec`.

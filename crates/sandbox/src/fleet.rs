@@ -10,14 +10,17 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
+use guest_agent::GuestAgent;
+use pve_client::PveClient;
 use pve_sdn::SubnetReservations;
-use pvesandbox_pool::{InstanceHandle, Pool, PoolOptions};
+use pvesandbox_pool::{InstanceConfig, InstanceHandle, Pool, PoolOptions};
 use pvesandbox_templates::Templates;
 
 use crate::config::Settings;
 use crate::error::Error;
 use crate::eval::EvalConfig;
 use crate::lifecycle::{Run, TaskOptions};
+use crate::owner::{RunId, SampleId};
 
 /// The process's pool, reservations and template stores; see the module docs.
 #[derive(Clone)]
@@ -142,5 +145,118 @@ impl Fleet {
         self.members(pool_id)
             .map(|i| i.handle.config().max_samples.unwrap_or(1) as usize)
             .sum()
+    }
+}
+
+/// A live sample found from Proxmox state alone, by any process: its VMs by sandbox name, each
+/// with a guest agent. Attaching owns nothing: no lease is taken and dropping it removes
+/// nothing (`pvesandbox down` or the expiry does).
+#[derive(Clone)]
+pub struct Attached {
+    /// The sample.
+    pub id: SampleId,
+    /// The instance it lives on.
+    pub instance: String,
+    /// Its VMs, by VM id.
+    pub vms: Vec<AttachedVm>,
+}
+
+/// One VM of an [`Attached`] sample.
+#[derive(Clone)]
+pub struct AttachedVm {
+    /// Its sandbox name (`default`, `victim`).
+    pub name: String,
+    /// Its VM id.
+    pub vmid: u32,
+    /// The node it runs on.
+    pub node: String,
+    /// Exec and files inside it.
+    pub agent: GuestAgent,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vms: Vec<_> = self.vms.iter().map(|v| (&v.name, v.vmid)).collect();
+        f.debug_struct("Attached")
+            .field("id", &self.id)
+            .field("instance", &self.instance)
+            .field("vms", &vms)
+            .finish()
+    }
+}
+
+impl Attached {
+    /// One VM by sandbox name.
+    pub fn get(&self, name: &str) -> Result<&AttachedVm, Error> {
+        self.vms
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| Error::NoSuchSandbox {
+                name: name.into(),
+                known: self.vms.iter().map(|v| v.name.clone()).collect(),
+            })
+    }
+}
+
+/// Every live sample of `run` on `instances`, from their VMs' tags and names (one listing per
+/// instance).
+pub async fn locate(instances: &[InstanceConfig], run: &RunId) -> Result<Vec<Attached>, Error> {
+    let mut clients = Vec::new();
+    for i in instances {
+        clients.push((i.instance_id.clone(), i.client().map_err(Error::from_pool)?));
+    }
+    locate_with(&clients, run).await
+}
+
+/// The sample `id`, from Proxmox state alone (see [`Attached`]).
+pub async fn attach(instances: &[InstanceConfig], id: &SampleId) -> Result<Attached, Error> {
+    pick(locate(instances, &id.run).await?, id)
+}
+
+fn pick(found: Vec<Attached>, id: &SampleId) -> Result<Attached, Error> {
+    found
+        .into_iter()
+        .find(|a| a.id == *id)
+        .ok_or_else(|| Error::NoSuchRun {
+            run: id.to_string(),
+        })
+}
+
+async fn locate_with(clients: &[(String, PveClient)], run: &RunId) -> Result<Vec<Attached>, Error> {
+    let mut out: BTreeMap<SampleId, Attached> = BTreeMap::new();
+    for (instance, client) in clients {
+        for vm in crate::vm::list_owned(client).await? {
+            let Some((id, name)) = SampleId::of_vm_name(&vm.name) else {
+                continue;
+            };
+            if id.run != *run || vm.tagged.run.as_ref().is_some_and(|r| r != run) {
+                continue;
+            }
+            let a = out.entry(id.clone()).or_insert_with(|| Attached {
+                id,
+                instance: instance.clone(),
+                vms: Vec::new(),
+            });
+            a.vms.push(AttachedVm {
+                name,
+                vmid: vm.vmid,
+                agent: GuestAgent::new(client.clone(), &vm.node, vm.vmid),
+                node: vm.node,
+            });
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+impl Fleet {
+    /// The live sample `id`, whichever process made it, through the fleet's clients.
+    pub async fn attach(&self, id: &SampleId) -> Result<Attached, Error> {
+        let clients: Vec<_> = self
+            .inner
+            .instances
+            .iter()
+            .map(|(k, i)| (k.clone(), i.handle.client().clone()))
+            .collect();
+        pick(locate_with(&clients, &id.run).await?, id)
     }
 }

@@ -43,9 +43,9 @@ pub use cleanup::{CleanupReport, CleanupTarget, cleanup};
 pub use config::{ImageOverride, ImageSettings, RunSettings, Settings};
 pub use error::{Error, ErrorKind};
 pub use eval::{EvalConfig, VmConfig, VmNicConfig};
-pub use fleet::Fleet;
+pub use fleet::{Attached, AttachedVm, Fleet, attach, locate};
 pub use lifecycle::{ProgressFn, Run, Sample, SampleTimings, SandboxVm, TaskOptions};
-pub use owner::{OwnerRecord, RunId};
+pub use owner::{OwnerRecord, RunId, SampleId};
 pub use vm::OwnedVm;
 
 /// Removes, on every configured instance, our templates and imported images that none of

@@ -726,6 +726,13 @@ impl Sample {
     pub fn seq(&self) -> u32 {
         self.state.seq
     }
+    /// Its identity across processes (`s<seq>.<run>`; [`crate::Fleet::attach`] takes it).
+    pub fn id(&self) -> crate::owner::SampleId {
+        crate::owner::SampleId {
+            run: self.task.run_id().clone(),
+            seq: self.state.seq,
+        }
+    }
     /// The network's zone id, if the sample made one.
     pub fn zone(&self) -> Option<String> {
         lock(&self.state.network)

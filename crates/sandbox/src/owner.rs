@@ -102,6 +102,48 @@ impl fmt::Debug for RunId {
     }
 }
 
+/// A sample's identity across processes: its run and its sequence number in the run. The
+/// string form `s<seq>.<run>` (`s0.kx3f9q2mzt`) is URL-safe and is the tail of every VM name
+/// of the sample (`default.s0.kx3f9q2mzt`), so it is read back from Proxmox state alone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SampleId {
+    /// The run.
+    pub run: RunId,
+    /// The sample's sequence number in the run.
+    pub seq: u32,
+}
+
+impl fmt::Display for SampleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}.{}", self.seq, self.run)
+    }
+}
+
+impl std::str::FromStr for SampleId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("sample id {s:?}: expected s<sample>.<run>, e.g. s0.kx3f9q2mzt");
+        let (seq, run) = s.split_once('.').ok_or_else(bad)?;
+        let seq = seq
+            .strip_prefix('s')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(bad)?;
+        Ok(SampleId {
+            run: run.parse()?,
+            seq,
+        })
+    }
+}
+
+impl SampleId {
+    /// The sample a VM named by [`vm_name`] belongs to, and its sandbox name.
+    pub fn of_vm_name(vm: &str) -> Option<(SampleId, String)> {
+        let (name, seq, run) = parse_vm_name(vm)?;
+        Some((SampleId { run, seq }, name))
+    }
+}
+
 /// Seconds since the epoch, now.
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -318,5 +360,29 @@ mod tests {
         let mut r = OwnerRecord::here(&run, 0, "default", Duration::from_secs(1));
         r.host = "elsewhere".into();
         assert!(!r.owner_alive());
+    }
+
+    #[test]
+    fn sample_ids_round_trip_through_strings_and_vm_names() {
+        let run = RunId::random();
+        let id = SampleId {
+            run: run.clone(),
+            seq: 12,
+        };
+        assert_eq!(id.to_string().parse::<SampleId>(), Ok(id.clone()));
+        assert_eq!(
+            SampleId::of_vm_name(&vm_name("victim", 12, &run)),
+            Some((id, "victim".to_owned()))
+        );
+        for bad in [
+            "",
+            "s.x",
+            "12.kx3f9q2mzt",
+            "s1",
+            "s-1.kx3f9q2mzt",
+            "s1.NOTARUNID",
+        ] {
+            assert!(bad.parse::<SampleId>().is_err(), "{bad}");
+        }
     }
 }

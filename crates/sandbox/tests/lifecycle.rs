@@ -283,6 +283,40 @@ async fn renew_moves_the_expiry_in_tags_and_owner_record() {
     task.task_cleanup().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_fleet_attaches_to_a_live_sample_by_its_id_string() {
+    if !guests_available() {
+        return;
+    }
+    let (_sim, settings) = world().await;
+    let task = Run::task_init(settings.clone(), two_vms(), TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let id_text = sample.id().to_string();
+    // Another fleet (as another process would start) knows nothing but the string.
+    let other = Fleet::start(settings.clone()).await.unwrap();
+    let id: pvesandbox::SampleId = id_text.parse().unwrap();
+    let attached = other.attach(&id).await.unwrap();
+    assert_eq!(attached.id, sample.id());
+    let mut names: Vec<&str> = attached.vms.iter().map(|v| v.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["b", "default"]);
+    let vm = attached.get("b").unwrap();
+    assert_eq!(vm.vmid, sample.get("b").unwrap().vmid());
+    let out = vm.agent.exec(&sh("hostname")).await.unwrap();
+    assert_eq!(out.status, 0, "{out:?}");
+    // Without a fleet, from the settings alone, too.
+    let again = pvesandbox::attach(&settings.instances, &id).await.unwrap();
+    assert_eq!(again.vms.len(), 2);
+    // A sample that does not exist is not found.
+    let gone = pvesandbox::SampleId { seq: 99, ..id };
+    let e = other.attach(&gone).await.unwrap_err();
+    assert_eq!(e.kind(), pvesandbox::ErrorKind::NotFound, "{e}");
+    sample.cleanup(false).await.unwrap();
+    task.task_cleanup().await.unwrap();
+}
+
 #[tokio::test]
 async fn fleets_are_shared_per_settings_while_alive() {
     if !guests_available() {
