@@ -6,6 +6,9 @@
 //! holding many users' sandboxes) that each started their own would count capacity twice and
 //! clone onto one storage in parallel, which the clone gate exists to prevent; runs of one
 //! fleet wait for the same leases and the same gates.
+//!
+//! Attaching to a live sample needs no fleet at all: [`locate`] and [`attach`] read it back
+//! from Proxmox state (VM names and tags), as any process can.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
