@@ -23,7 +23,7 @@
 //!
 //! Modules: [`config`] (settings, layered with figment), [`eval`] (the sample shape, the
 //! peer's format), [`lifecycle`] (task/sample init and cleanup), [`owner`] (tags and owner
-//! records), [`cleanup`] (from Proxmox state alone), [`embedded`] (the simulator for demos
+//! records), [`cleanup`](mod@cleanup) (from Proxmox state alone), [`embedded`] (the simulator for demos
 //! and tests), [`preflight`] (`doctor`).
 
 pub mod cleanup;
