@@ -312,10 +312,7 @@ pub(super) fn handle(shared: &Arc<Shared>, st: &mut State, ctx: &Ctx) -> Result<
                 Box::new(move |st| {
                     let (sid, _) = src.split_once(':').unwrap_or_default();
                     let (dsid, dname) = dst.split_once(':').unwrap_or_default();
-                    let mut vol = st
-                        .volumes
-                        .get(&(src_node, sid.to_owned()))
-                        .and_then(|l| l.iter().find(|v| v.volid == src).cloned())
+                    let mut vol = find_volume(st, &src_node, sid, &src)
                         .ok_or_else(|| format!("unable to parse volume ID '{src}'"))?;
                     vol.volid = dst.clone();
                     vol.content = dname.split('/').next().unwrap_or_default().to_owned();
