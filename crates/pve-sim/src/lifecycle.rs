@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::guest::{BootSpec, CannedGuest, CloudInitGuest, Guest, GuestFactory};
 use crate::state::{Shared, State};
@@ -33,7 +33,12 @@ pub(crate) struct GuestRec {
     /// Which boot of the VM this guest belongs to (`Vm::started_at`).
     started_at: Instant,
     pub(crate) slot: Slot,
+    /// Frozen (or being frozen) by a pause.
+    paused: bool,
 }
+
+/// Resolves when the backend froze or thawed a guest, with its error if it could not.
+pub(crate) type Barrier = oneshot::Receiver<Result<(), String>>;
 
 enum Op {
     Boot {
@@ -43,6 +48,13 @@ enum Op {
         cloud_init: bool,
     },
     PowerOff(Arc<dyn Guest>),
+    /// Freeze (`pause`) or thaw the guest of boot `started_at`, whichever state its boot is in
+    /// by the time the queue gets here.
+    Freeze {
+        started_at: Instant,
+        pause: bool,
+        done: oneshot::Sender<Result<(), String>>,
+    },
     CloneDisk {
         from: u32,
     },
@@ -58,6 +70,8 @@ pub(crate) struct Guests {
     queues: HashMap<u32, mpsc::UnboundedSender<Op>>,
     /// `(from, to)` disk copies asked for by finished clone tasks.
     pub(crate) pending_clones: Vec<(u32, u32)>,
+    /// Freezes and thaws the last reconcile queued: the task that caused them ends after them.
+    pub(crate) barriers: Vec<Barrier>,
 }
 
 impl State {
@@ -72,6 +86,7 @@ impl State {
     /// Brings guests in line with the VMs (see the module docs).
     pub(crate) fn reconcile_guests(&mut self, shared: &Arc<Shared>) {
         let factory = shared.cfg.guests.as_ref().map(|b| b.0.clone());
+        self.guests.barriers.clear();
         for (from, to) in std::mem::take(&mut self.guests.pending_clones) {
             self.guests.disks.insert(to);
             self.enqueue(shared, &factory, to, Op::CloneDisk { from });
@@ -79,12 +94,35 @@ impl State {
         let mut wanted = Vec::new();
         for (&vmid, vm) in &self.vms {
             let want = vm.started_at.filter(|_| vm.running);
-            wanted.push((vmid, want, vm.config.clone(), vm.cloud_image.is_some()));
+            let paused = vm.qmpstatus == "paused";
+            wanted.push((
+                vmid,
+                want,
+                vm.config.clone(),
+                vm.cloud_image.is_some(),
+                paused,
+            ));
         }
-        for (vmid, want, config, cloud_init) in wanted {
+        for (vmid, want, config, cloud_init, paused) in wanted {
             self.guests.disks.insert(vmid);
             let current = self.guests.recs.get(&vmid).map(|r| r.started_at);
-            if want.is_some() && want == current {
+            if let Some(started_at) = want
+                && want == current
+            {
+                let rec = self.guests.recs.get_mut(&vmid).expect("just found");
+                if rec.paused != paused {
+                    rec.paused = paused;
+                    let (done, barrier) = oneshot::channel();
+                    let op = Op::Freeze {
+                        started_at,
+                        pause: paused,
+                        done,
+                    };
+                    if factory.is_some() {
+                        self.guests.barriers.push(barrier);
+                    }
+                    self.enqueue(shared, &factory, vmid, op);
+                }
                 continue;
             }
             if let Some(old) = self.guests.recs.remove(&vmid) {
@@ -115,7 +153,14 @@ impl State {
                     Slot::Booting
                 }
             };
-            self.guests.recs.insert(vmid, GuestRec { started_at, slot });
+            self.guests.recs.insert(
+                vmid,
+                GuestRec {
+                    started_at,
+                    slot,
+                    paused: false,
+                },
+            );
         }
         let gone: Vec<u32> = self
             .guests
@@ -235,6 +280,27 @@ async fn worker(
                 }
             }
             Op::PowerOff(g) => g.power_off().await,
+            Op::Freeze {
+                started_at,
+                pause,
+                done,
+            } => {
+                // The guest of that boot, if it is still the VM's and came up at all.
+                let guest = shared.upgrade().and_then(|s| {
+                    let st = s.lock();
+                    let rec = st.guests.recs.get(&vmid)?;
+                    match &rec.slot {
+                        Slot::Up(g) if rec.started_at == started_at => Some(g.clone()),
+                        _ => None,
+                    }
+                });
+                let r = match guest {
+                    Some(g) if pause => g.pause().await,
+                    Some(g) => g.resume().await,
+                    None => Ok(()),
+                };
+                let _ = done.send(r);
+            }
             Op::CloneDisk { from } => {
                 if let Err(e) = factory.clone_disk(from, vmid).await {
                     tracing::warn!(vmid, from, "disk clone failed: {e}");

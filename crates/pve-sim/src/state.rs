@@ -182,6 +182,20 @@ pub struct State {
     boot: Instant,
 }
 
+/// A task's outcome once the guest backend did what the task asked of it (froze or thawed a
+/// guest): a task of PVE ends when QMP answered, not before.
+async fn after(
+    barriers: Vec<crate::lifecycle::Barrier>,
+    outcome: Result<Vec<String>, String>,
+) -> Result<Vec<String>, String> {
+    for b in barriers {
+        if let Ok(Err(e)) = b.await {
+            return Err(e);
+        }
+    }
+    outcome
+}
+
 /// What a task does when its modelled time is up: log lines on success, the error otherwise.
 pub type TaskEffect = Box<dyn FnOnce(&mut State) -> Result<Vec<String>, String> + Send>;
 
@@ -279,8 +293,17 @@ impl State {
         let duration = shared.cfg.latency.duration(kind);
         if duration.is_zero() {
             let outcome = effect(self);
-            self.finish_task(&upid, outcome);
             self.reconcile_guests(shared);
+            let barriers = std::mem::take(&mut self.guests.barriers);
+            if barriers.is_empty() {
+                self.finish_task(&upid, outcome);
+            } else {
+                let (shared, upid) = (shared.clone(), upid.clone());
+                tokio::spawn(async move {
+                    let outcome = after(barriers, outcome).await;
+                    shared.lock().finish_task(&upid, outcome);
+                });
+            }
             return upid;
         }
         if let Some(vmid) = flock_vm
@@ -293,15 +316,19 @@ impl State {
         tokio::spawn(async move {
             // The modelled duration of the task: the one place the simulator sleeps on purpose.
             tokio::time::sleep(duration).await;
-            let mut st = shared2.lock();
-            if let Some(vmid) = flock_vm
-                && let Some(vm) = st.vms.get_mut(&vmid)
-            {
-                vm.flock_until = None;
-            }
-            let outcome = effect(&mut st);
-            st.finish_task(&upid2, outcome);
-            st.reconcile_guests(&shared2);
+            let (outcome, barriers) = {
+                let mut st = shared2.lock();
+                if let Some(vmid) = flock_vm
+                    && let Some(vm) = st.vms.get_mut(&vmid)
+                {
+                    vm.flock_until = None;
+                }
+                let outcome = effect(&mut st);
+                st.reconcile_guests(&shared2);
+                (outcome, std::mem::take(&mut st.guests.barriers))
+            };
+            let outcome = after(barriers, outcome).await;
+            shared2.lock().finish_task(&upid2, outcome);
         });
         upid
     }

@@ -588,3 +588,96 @@ async fn large_incompressible_reads_break_off_when_gzipped() {
     let (status, len) = read("/tmp/text", "gzip").await;
     assert!(status == 200 && len < 200_000, "{status} {len}");
 }
+
+/// Nanoseconds since the epoch on the host clock, which process guests share.
+fn host_now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn a_paused_guest_runs_nothing_and_resumes_with_the_same_processes() {
+    let Some(e) = env(&[(100, "frozen")]).await else {
+        return;
+    };
+    let r = &e.raw;
+    // A loop in the guest stamps the (shared) clock every 20 ms.
+    sh(
+        r,
+        100,
+        "(sh -c 'echo $$ > /root/loop.pid; while :; do date +%s%N >> /root/ticks; sleep 0.02; done' \
+         >/dev/null 2>&1 &)",
+    )
+    .await;
+    eventually("the loop to tick", async || {
+        sh(r, 100, "wc -l < /root/ticks 2>/dev/null || echo 0").await["out-data"]
+            .as_str()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .is_some_and(|n| n >= 3)
+    })
+    .await;
+    let pid_before = sh(r, 100, "cat /root/loop.pid").await["out-data"].clone();
+
+    let upid = r
+        .call("POST", "/nodes/pve1/qemu/100/status/suspend", &[])
+        .await;
+    let upid = upid.data().as_str().unwrap().to_owned();
+    assert!(upid.contains(":qmpause:100:"), "{upid}");
+    assert_eq!(r.task_end(&upid).await, "OK");
+    let paused_at = host_now_ns();
+    let s = r
+        .call("GET", "/nodes/pve1/qemu/100/status/current", &[])
+        .await;
+    assert_eq!(
+        (s.data()["status"].as_str(), s.data()["qmpstatus"].as_str()),
+        (Some("running"), Some("paused"))
+    );
+    let a = r.call("POST", "/nodes/pve1/qemu/100/agent/ping", &[]).await;
+    assert_eq!(
+        (a.status, a.message()),
+        (500, "QEMU guest agent is not running".to_owned())
+    );
+    // Not a synchronisation: the time that passes while paused is what is being tested.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resumed_at = host_now_ns();
+    let upid = r
+        .call("POST", "/nodes/pve1/qemu/100/status/resume", &[])
+        .await;
+    let upid = upid.data().as_str().unwrap().to_owned();
+    assert!(upid.contains(":qmresume:100:"), "{upid}");
+    assert_eq!(r.task_end(&upid).await, "OK");
+    wait_agent(r, 100).await;
+
+    let ticks = |out: &Value| -> Vec<u128> {
+        out["out-data"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    eventually("the loop to tick again", async || {
+        ticks(&sh(r, 100, "cat /root/ticks").await)
+            .last()
+            .is_some_and(|t| *t > resumed_at)
+    })
+    .await;
+    let all = ticks(&sh(r, 100, "cat /root/ticks").await);
+    let while_paused: Vec<_> = all
+        .iter()
+        .filter(|t| (paused_at..resumed_at).contains(t))
+        .collect();
+    assert!(
+        while_paused.is_empty(),
+        "ticks while paused: {while_paused:?}"
+    );
+    assert_eq!(
+        sh(r, 100, "cat /root/loop.pid").await["out-data"],
+        pid_before,
+        "the same loop runs on"
+    );
+    let alive = sh(r, 100, "kill -0 $(cat /root/loop.pid) && echo alive").await;
+    assert_eq!(alive["out-data"], "alive\n");
+}

@@ -374,3 +374,40 @@ async fn guest_shutdown_has_no_reply_and_ends_the_vm() {
     }
     g.power_off().await;
 }
+
+/// The guest's clock minus the host's, in nanoseconds.
+async fn clock_offset(g: &dyn Guest) -> i64 {
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    ok(g, "guest-get-time", json!({})).await.as_i64().unwrap() - host
+}
+
+#[tokio::test]
+async fn pause_stops_the_vcpus_and_resume_keeps_the_processes() {
+    let Some(f) = factory().await else { return };
+    let g = boot(f, 106, "paused").await;
+    run(
+        &*g,
+        "nohup sh -c 'echo $$ > /root/loop.pid; while :; do sleep 0.05; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    let pid = run(&*g, "cat /root/loop.pid").await["out-data"].clone();
+    let before = clock_offset(&*g).await;
+    g.pause().await.unwrap();
+    // Not a synchronisation: the time that passes while paused is what is being tested.
+    let paused_for = Duration::from_millis(1500);
+    tokio::time::sleep(paused_for).await;
+    g.resume().await.unwrap();
+    // kvmclock (and TCG's virtual clock) stood still: the guest's wall clock lags by the pause.
+    let lag = before - clock_offset(&*g).await;
+    assert!(
+        lag > (paused_for.as_nanos() / 2) as i64,
+        "the guest clock lags {lag} ns after a {paused_for:?} pause: the VM kept running"
+    );
+    assert_eq!(run(&*g, "cat /root/loop.pid").await["out-data"], pid);
+    let alive = run(&*g, "kill -0 $(cat /root/loop.pid) && echo alive").await;
+    assert_eq!(alive["out-data"], b64("alive\n"), "{alive}");
+    g.power_off().await;
+}

@@ -83,4 +83,12 @@ impl Guest for CloudInitGuest {
     fn power_off(&self) -> BoxFuture<'_, ()> {
         self.inner.power_off()
     }
+
+    fn pause(&self) -> BoxFuture<'_, Result<(), String>> {
+        self.inner.pause()
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>> {
+        self.inner.resume()
+    }
 }

@@ -11,6 +11,9 @@
 //! Lifecycle (driven by the simulator's VM state, never by the backend itself):
 //! - [`GuestFactory::boot`] when a VM starts; the returned guest answers until
 //!   [`Guest::power_off`], called on stop, reset or destroy;
+//! - [`Guest::pause`] on `status/suspend` (PVE's QMP `stop`): nothing in the guest runs until
+//!   [`Guest::resume`] (`status/resume`, QMP `cont`); the task ends only once the backend has
+//!   done it, as PVE's ends after QMP answered;
 //! - the VM's disk outlives power cycles: [`GuestFactory::clone_disk`] on clone,
 //!   [`GuestFactory::destroy_disk`] on destroy.
 
@@ -69,6 +72,17 @@ pub trait Guest: Send + Sync + 'static {
     /// Ends everything running in the guest (power off). Later commands fail with
     /// [`QgaError::Unavailable`].
     fn power_off(&self) -> BoxFuture<'_, ()>;
+
+    /// Freezes every process of the guest, RAM kept (QMP `stop`). The default suits guests
+    /// with nothing running of their own (the canned one).
+    fn pause(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Lets a paused guest run on (QMP `cont`).
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What the simulator tells a factory about the VM it boots.

@@ -345,6 +345,7 @@ impl Factory {
             files: Mutex::new(HashMap::new()),
             next_handle: AtomicI64::new(FIRST_FILE_HANDLE),
             synthetic_pid: AtomicU64::new(1 << 22),
+            frozen: Mutex::new(Vec::new()),
         });
         let mut live = lock(&self.live);
         live.retain(|w| w.strong_count() > 0);
@@ -474,9 +475,85 @@ struct Machine {
     files: Mutex<HashMap<i64, Arc<Mutex<OpenFile>>>>,
     next_handle: AtomicI64,
     synthetic_pid: AtomicU64,
+    /// Processes the last pause stopped, for the resume to continue (and no others).
+    frozen: Mutex<Vec<i32>>,
+}
+
+/// How many sweeps a pause makes before giving up on a guest that forks faster than it is
+/// stopped (each sweep stops everything the last one found; a sweep finding nothing new ends).
+const FREEZE_SWEEPS: usize = 64;
+
+/// A process's state letter (`R`, `S`, `T`, `Z`, ...) from `/proc/<pid>/stat`; the command
+/// name before it may hold spaces and parentheses, so it is read after the last `)`.
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Every process whose pid namespace is `ns` (the text of a `/proc/<pid>/ns/pid` link).
+fn processes_in(ns: &Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l.as_path() == ns)
+        })
+        .collect()
 }
 
 impl Machine {
+    /// Stops every process of the VM (SIGSTOP from outside its pid namespace reaches its init
+    /// too) and returns once each is stopped, so nothing runs after the pause task ends.
+    /// Processes the guest had stopped itself are left for it to continue.
+    fn freeze_blocking(&self) -> Result<(), String> {
+        let init = self.fds().map_err(|e| e.to_string())?.init;
+        let ns = std::fs::read_link(format!("/proc/{init}/ns/pid"))
+            .map_err(|e| format!("VM {}: no pid namespace: {e}", self.vmid))?;
+        let mut frozen = lock(&self.frozen);
+        for _ in 0..FREEZE_SWEEPS {
+            let fresh: Vec<i32> = processes_in(&ns)
+                .into_iter()
+                .filter(|p| {
+                    !frozen.contains(p)
+                        && !matches!(proc_state(*p), Some('T' | 't' | 'Z' | 'X') | None)
+                })
+                .collect();
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            for pid in fresh {
+                if let Some(p) = rustix::process::Pid::from_raw(pid)
+                    && rustix::process::kill_process(p, rustix::process::Signal::STOP).is_ok()
+                {
+                    frozen.push(pid);
+                }
+            }
+            // A signal is delivered when its target next runs; wait for each to have stopped
+            // (bounded: a stopping process needs one scheduling slice).
+            for pid in frozen.iter() {
+                for _ in 0..1000 {
+                    if matches!(proc_state(*pid), Some('T' | 't' | 'Z' | 'X') | None) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        Err(format!(
+            "VM {}: the guest kept starting processes while it was being paused",
+            self.vmid
+        ))
+    }
+
+    fn thaw(&self) {
+        for pid in std::mem::take(&mut *lock(&self.frozen)) {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::CONT);
+            }
+        }
+    }
+
     fn fds(&self) -> Result<Arc<Fds>, QgaError> {
         lock(&self.power)
             .as_ref()
@@ -488,6 +565,7 @@ impl Machine {
         let p = lock(&self.power).take();
         lock(&self.files).clear();
         lock(&self.execs).clear();
+        lock(&self.frozen).clear();
         if let Some(p) = &p
             && let Some(pid) = rustix::process::Pid::from_raw(p.fds.init)
         {
@@ -1156,6 +1234,20 @@ impl Guest for ProcessGuest {
                 other => Err(command_not_found(other)),
             }
         })
+    }
+
+    fn pause(&self) -> BoxFuture<'_, Result<(), String>> {
+        let machine = self.machine.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || machine.freeze_blocking())
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>> {
+        self.machine.thaw();
+        Box::pin(async { Ok(()) })
     }
 
     fn power_off(&self) -> BoxFuture<'_, ()> {

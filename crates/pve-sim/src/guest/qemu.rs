@@ -463,6 +463,9 @@ pub struct QgaGuest {
     restore_time: Duration,
 }
 
+/// How long a monitor command may take (PVE's QMP client waits 5 s for most).
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Commands qemu-ga does not answer when they succeed.
 const NO_REPLY: [&str; 4] = [
     "guest-shutdown",
@@ -670,6 +673,26 @@ impl QgaGuest {
         )
     }
 
+    /// One QMP command without arguments (`stop`, `cont`), on a monitor session of its own.
+    async fn monitor(&self, command: &str) -> Result<(), String> {
+        let deadline = Instant::now() + QMP_TIMEOUT;
+        let run = async {
+            let mut qmp = Qmp::connect(&self.dir.join("qmp.sock"), deadline, &self.child).await?;
+            qmp.execute(command, json!({})).await
+        };
+        match tokio::time::timeout(QMP_TIMEOUT, run).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "VM {} qmp command '{command}' failed - {e}",
+                self.vmid
+            )),
+            Err(_) => Err(format!(
+                "VM {} qmp command '{command}' failed - got timeout",
+                self.vmid
+            )),
+        }
+    }
+
     async fn power_off_now(&self) {
         self.off.store(true, Ordering::SeqCst);
         *self.session.lock().await = None;
@@ -717,6 +740,14 @@ impl Guest for QgaGuest {
 
     fn power_off(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.power_off_now())
+    }
+
+    fn pause(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.monitor("stop"))
+    }
+
+    fn resume(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.monitor("cont"))
     }
 }
 

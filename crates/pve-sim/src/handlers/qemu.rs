@@ -1068,7 +1068,9 @@ fn power(
         "shutdown" => (TaskKind::Shutdown, "qmshutdown"),
         "reboot" => (TaskKind::Reboot, "qmreboot"),
         "reset" => (TaskKind::Stop, "qmreset"),
-        "suspend" => (TaskKind::Suspend, "qmsuspend"),
+        // Pause (QMP `stop`, RAM kept) and hibernate (state to disk) are different tasks.
+        "suspend" if ctx.flag("todisk") => (TaskKind::Suspend, "qmsuspend"),
+        "suspend" => (TaskKind::Suspend, "qmpause"),
         "resume" => (TaskKind::Resume, "qmresume"),
         other => {
             return Err(ApiError::new(
