@@ -286,6 +286,13 @@ impl GuestAgent {
         self.result("get-osinfo").await
     }
 
+    /// `agent/get-time`: the guest's wall clock. Anything but a non-negative integer of
+    /// nanoseconds (an error object, a float, a negative number) is refused as a decode error.
+    pub async fn time(&self) -> Result<std::time::SystemTime> {
+        let ns: u64 = self.result("get-time").await?;
+        Ok(std::time::UNIX_EPOCH + Duration::from_nanos(ns))
+    }
+
     /// `agent/network-get-interfaces`.
     pub async fn interfaces(&self) -> Result<Vec<Interface>> {
         self.result("network-get-interfaces").await

@@ -57,7 +57,7 @@ use instance::InstanceActor;
 use runtime::ActorRuntime;
 use supervisor::PoolSupervisor;
 
-use supervisor::{Acquire, GetStats, Slot};
+use supervisor::{Acquire, Adopt, GetStats, Slot};
 
 /// The pool: start it once, clone it freely, `acquire` from anywhere.
 #[derive(Clone)]
@@ -193,6 +193,21 @@ impl Pool {
                 ))
             }
         }
+    }
+
+    /// Counts a sample that already exists on `instance` (another process made it; this one
+    /// attached to it) against that instance's budget until the lease drops. Granted at once,
+    /// even over budget: the sample is there whether or not it is counted, and counting it
+    /// makes later leases wait for it.
+    pub async fn adopt(&self, instance: &str, needs: Needs) -> Result<Lease, PoolError> {
+        self.inner
+            .supervisor
+            .send(Adopt {
+                instance: instance.to_owned(),
+                needs,
+            })
+            .await
+            .map_err(|_| PoolError::ShutDown)?
     }
 
     /// A snapshot of capacity, use and quarantine per instance.

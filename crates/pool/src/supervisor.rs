@@ -285,6 +285,45 @@ impl Handler<Acquire> for PoolSupervisor {
     }
 }
 
+/// Counts a sample that already exists on one instance (made by another process, found by
+/// attaching): a lease at once, over budget if need be, since refusing frees nothing.
+#[derive(Message)]
+#[rtype(result = "Result<Lease, PoolError>")]
+pub(crate) struct Adopt {
+    pub instance: String,
+    pub needs: Needs,
+}
+
+impl Handler<Adopt> for PoolSupervisor {
+    type Result = MessageResult<Adopt>;
+    fn handle(&mut self, msg: Adopt, ctx: &mut Context<Self>) -> Self::Result {
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| s.handle.id() == msg.instance)
+        else {
+            return MessageResult(Err(PoolError::Config {
+                field: "instance_id".into(),
+                message: format!("{:?} is not an instance of this pool", msg.instance),
+            }));
+        };
+        let slot = &mut self.slots[idx];
+        slot.used.max_samples += 1;
+        slot.used.ram_mb += msg.needs.ram_mb;
+        slot.used.vcpus += msg.needs.vcpus;
+        let lease = Lease {
+            id: self.next_lease,
+            slot: idx,
+            pool: slot.pool.clone(),
+            needs: msg.needs,
+            instance: slot.handle.clone(),
+            supervisor: Some(ctx.address()),
+        };
+        self.next_lease += 1;
+        MessageResult(Ok(lease))
+    }
+}
+
 /// Returns a lease's slot; `retry` set means its cleanup failed and must be retried.
 #[derive(Message)]
 #[rtype(result = "()")]

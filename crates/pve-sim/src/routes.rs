@@ -587,6 +587,14 @@ pub static ROUTES: &[RouteSpec] = &[
     },
     RouteSpec {
         method: "GET",
+        path: "/nodes/{node}/qemu/{vmid}/agent/get-time",
+        params: "
+        node  string  format=pve-node
+        vmid  integer min=100 max=999999999 format=pve-vmid
+        ",
+    },
+    RouteSpec {
+        method: "GET",
         path: "/nodes/{node}/qemu/{vmid}/agent/get-host-name",
         params: "
         node  string  format=pve-node

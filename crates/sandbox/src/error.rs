@@ -57,13 +57,36 @@ pub enum Error {
     /// A step of sample creation failed; what it had made was removed (or `leftover` says not).
     #[error("{step} failed: {source}{}", leftover_note(.leftover))]
     SampleInit {
-        /// The step (`network`, `clone vm "victim"`, `agent of "default"`).
-        step: String,
+        /// Where it failed (`network`, `clone of "victim"`, `agent of "default"`).
+        step: crate::events::Step,
         /// Why.
         #[source]
         source: Box<Error>,
         /// What could not be undone (run `pvesandbox cleanup --run` for it).
         leftover: Vec<String>,
+    },
+    /// The sample is not in a state that allows the action (pausing a sample that is not
+    /// running, resuming one that is not paused).
+    #[error("cannot {action} sample {sample}: it is {state:?}, and only a {needs} sample can be")]
+    WrongState {
+        /// The sample id.
+        sample: String,
+        /// Its state.
+        state: Box<crate::events::SampleState>,
+        /// What was asked (`pause`, `resume`).
+        action: &'static str,
+        /// The state it needs.
+        needs: &'static str,
+    },
+    /// A resumed guest's clock could not be stepped to the host's.
+    #[error("the clock of {vm:?} is {off:?} off after the resume and could not be set: {why}")]
+    ClockFix {
+        /// Sandbox name.
+        vm: String,
+        /// How far off it was.
+        off: std::time::Duration,
+        /// What `date -s` said.
+        why: String,
     },
     /// Cleanup left something behind.
     #[error("cleanup left {} object(s) behind: {}", .leftover.len(), .leftover.join("; "))]
@@ -266,7 +289,8 @@ impl Error {
             Error::NoSuchSandbox { .. } | Error::NoSuchRun { .. } | Error::NotOurs { .. } => {
                 ErrorKind::NotFound
             }
-            Error::Agent(_) => ErrorKind::GuestAgent,
+            Error::Agent(_) | Error::ClockFix { .. } => ErrorKind::GuestAgent,
+            Error::WrongState { .. } => ErrorKind::Conflict,
             Error::SampleInit { leftover, .. } if !leftover.is_empty() => ErrorKind::Leftover,
             Error::SampleInit { source, .. } => source.kind(),
             Error::Cleanup { .. } => ErrorKind::Leftover,
@@ -343,7 +367,9 @@ mod tests {
     #[test]
     fn one_kind_per_error_and_one_exit_code_per_kind() {
         let init = |source: Error, leftover: Vec<String>| Error::SampleInit {
-            step: "clone vm \"default\"".into(),
+            step: crate::events::Step::Clone {
+                vm: "default".into(),
+            },
             source: Box::new(source),
             leftover,
         };

@@ -11,7 +11,7 @@
 //! from Proxmox state (VM names and tags), as any process can.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
 
 use guest_agent::GuestAgent;
 use pve_client::PveClient;
@@ -22,7 +22,8 @@ use pvesandbox_templates::Templates;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::eval::EvalConfig;
-use crate::lifecycle::{Run, TaskOptions};
+use crate::events::{Events, SampleEvent};
+use crate::lifecycle::{Core, Run, SampleInfo, TaskOptions};
 use crate::owner::{RunId, SampleId};
 
 /// The process's pool, reservations and template stores; see the module docs.
@@ -35,6 +36,10 @@ struct Inner {
     settings: Settings,
     pool: Pool,
     instances: BTreeMap<String, FleetInstance>,
+    events: Events,
+    /// Every sample of every run from its lease to its teardown, detached ones included (they
+    /// keep their lease here, so their slots stay counted while the fleet lives).
+    samples: StdMutex<BTreeMap<SampleId, Arc<Core>>>,
 }
 
 /// What the fleet keeps of one instance for all its runs.
@@ -80,6 +85,8 @@ impl Fleet {
                 settings,
                 pool,
                 instances,
+                events: Events::new(),
+                samples: StdMutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -143,6 +150,38 @@ impl Fleet {
         &self.inner.instances[id]
     }
 
+    /// The event stream of every sample of every run on this fleet, from now on (see
+    /// [`crate::events`] for the delivery guarantees).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SampleEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Every live sample of the fleet (leased and not yet torn down, detached ones included),
+    /// by id.
+    pub fn samples(&self) -> Vec<SampleInfo> {
+        lock(&self.inner.samples)
+            .values()
+            .map(|c| c.info())
+            .collect()
+    }
+
+    /// One live sample of the fleet.
+    pub fn sample(&self, id: &SampleId) -> Option<SampleInfo> {
+        lock(&self.inner.samples).get(id).map(|c| c.info())
+    }
+
+    pub(crate) fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    pub(crate) fn register(&self, core: &Arc<Core>) {
+        lock(&self.inner.samples).insert(core.tracker.id.clone(), core.clone());
+    }
+
+    pub(crate) fn unregister(&self, id: &SampleId) {
+        lock(&self.inner.samples).remove(id);
+    }
+
     /// How many samples pool `pool_id` holds at once, over all runs.
     pub fn capacity(&self, pool_id: &str) -> usize {
         self.members(pool_id)
@@ -152,8 +191,9 @@ impl Fleet {
 }
 
 /// A live sample found from Proxmox state alone, by any process: its VMs by sandbox name, each
-/// with a guest agent. Attaching owns nothing: no lease is taken and dropping it removes
-/// nothing (`pvesandbox down` or the expiry does).
+/// with a guest agent. Attaching removes nothing when dropped (`pvesandbox down` or the expiry
+/// does). Through [`Fleet::attach`] it counts against its instance's capacity in that fleet
+/// while any clone of it lives, so the fleet's own samples wait for the room it takes.
 #[derive(Clone)]
 pub struct Attached {
     /// The sample.
@@ -162,6 +202,8 @@ pub struct Attached {
     pub instance: String,
     /// Its VMs, by VM id.
     pub vms: Vec<AttachedVm>,
+    /// Its place in the fleet's capacity count (none without a fleet).
+    lease: Option<Arc<pvesandbox_pool::Lease>>,
 }
 
 /// One VM of an [`Attached`] sample.
@@ -175,6 +217,10 @@ pub struct AttachedVm {
     pub node: String,
     /// Exec and files inside it.
     pub agent: GuestAgent,
+    /// Its RAM, MiB.
+    pub memory_mb: u64,
+    /// Its vCPUs.
+    pub cores: u32,
 }
 
 impl std::fmt::Debug for Attached {
@@ -239,12 +285,15 @@ async fn locate_with(clients: &[(String, PveClient)], run: &RunId) -> Result<Vec
                 id,
                 instance: instance.clone(),
                 vms: Vec::new(),
+                lease: None,
             });
             a.vms.push(AttachedVm {
                 name,
                 vmid: vm.vmid,
                 agent: GuestAgent::new(client.clone(), &vm.node, vm.vmid),
                 node: vm.node,
+                memory_mb: vm.memory_mb,
+                cores: vm.cores,
             });
         }
     }
@@ -260,6 +309,18 @@ impl Fleet {
             .iter()
             .map(|(k, i)| (k.clone(), i.handle.client().clone()))
             .collect();
-        pick(locate_with(&clients, &id.run).await?, id)
+        let mut found = pick(locate_with(&clients, &id.run).await?, id)?;
+        let needs = pvesandbox_pool::Needs {
+            ram_mb: found.vms.iter().map(|v| v.memory_mb).sum(),
+            vcpus: found.vms.iter().map(|v| v.cores).sum(),
+        };
+        let lease = self.inner.pool.adopt(&found.instance, needs).await?;
+        found.lease = Some(Arc::new(lease));
+        Ok(found)
     }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The registry is a plain map; a panic elsewhere leaves it consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

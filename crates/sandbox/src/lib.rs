@@ -31,6 +31,7 @@ pub mod config;
 pub mod embedded;
 mod error;
 pub mod eval;
+pub mod events;
 mod fleet;
 mod images;
 pub mod lifecycle;
@@ -43,8 +44,9 @@ pub use cleanup::{CleanupReport, CleanupTarget, cleanup};
 pub use config::{ImageOverride, ImageSettings, RunSettings, Settings};
 pub use error::{Error, ErrorKind};
 pub use eval::{EvalConfig, VmConfig, VmNicConfig};
+pub use events::{EventKind, SampleEvent, SampleState, Step};
 pub use fleet::{Attached, AttachedVm, Fleet, attach, locate};
-pub use lifecycle::{ProgressFn, Run, Sample, SampleTimings, SandboxVm, TaskOptions};
+pub use lifecycle::{ProgressFn, Run, Sample, SampleInfo, SampleTimings, SandboxVm, TaskOptions};
 pub use owner::{OwnerRecord, RunId, SampleId};
 pub use vm::OwnedVm;
 

@@ -30,8 +30,9 @@ use crate::cleanup::{CleanupReport, CleanupTarget, cleanup_instance};
 use crate::config::Settings;
 use crate::error::Error;
 use crate::eval::{EvalConfig, VmConfig};
+use crate::events::{EventKind, SampleEvent, SampleState, Step, Tracker};
 use crate::fleet::Fleet;
-use crate::owner::{OwnerRecord, RunId, vm_name};
+use crate::owner::{OwnerRecord, RunId, SampleId, vm_name};
 use crate::vm;
 
 /// Progress of long steps (template downloads and builds) as `(instance, event)`.
@@ -46,8 +47,9 @@ pub struct TaskOptions {
     pub progress: Option<ProgressFn>,
 }
 
-/// Wall time of each phase of one sample, for the demo's table and benchmarks.
-#[derive(Debug, Clone, Default)]
+/// Wall time of each phase of one sample, for the demo's table and benchmarks; read from its
+/// events ([`SampleTimings::from_events`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SampleTimings {
     /// Waiting for a lease.
     pub lease: Duration,
@@ -57,6 +59,37 @@ pub struct SampleTimings {
     pub network: Duration,
     /// Waiting for guest agents.
     pub agents: Duration,
+}
+
+impl SampleTimings {
+    /// The phases of a sample's creation from its events: the lease until `Leased`, the VMs
+    /// from there to the last `VmStarted`, the network's own `took`, the agents from the last
+    /// start to `Running`.
+    pub fn from_events(events: &[SampleEvent]) -> SampleTimings {
+        let at = |f: &dyn Fn(&EventKind) -> bool| {
+            events
+                .iter()
+                .filter(|e| f(&e.kind))
+                .map(|e| e.elapsed)
+                .max()
+        };
+        let lease = at(&|k| matches!(k, EventKind::Leased { .. })).unwrap_or_default();
+        let started = at(&|k| matches!(k, EventKind::VmStarted { .. })).unwrap_or(lease);
+        let running = at(&|k| matches!(k, EventKind::Running)).unwrap_or(started);
+        let network = events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::NetworkReady { took, .. } => Some(*took),
+                _ => None,
+            })
+            .unwrap_or_default();
+        SampleTimings {
+            lease,
+            vms: started.saturating_sub(lease),
+            network,
+            agents: running.saturating_sub(started),
+        }
+    }
 }
 
 struct Instance {
@@ -73,7 +106,7 @@ struct Inner {
     instances: BTreeMap<String, Instance>,
     next_sample: AtomicU32,
     /// Samples not yet cleaned, by sequence number: what task cleanup must still do.
-    open: StdMutex<BTreeMap<u32, Arc<SampleState>>>,
+    open: StdMutex<BTreeMap<u32, Arc<Core>>>,
 }
 
 /// A run: one eval (or one `pvesandbox up`) on a [`Fleet`], owning a run id; cheap to clone.
@@ -253,17 +286,22 @@ impl Run {
     }
 
     /// Creates one sample: lease, VMs and network, agents. On failure, everything it made
-    /// is removed before the error returns (the error says if something could not be).
+    /// is removed before the error returns (the error says if something could not be). Its
+    /// events go to the fleet's stream as they happen, `Running` last on success, `Failed` and
+    /// `TornDown` on failure.
     pub async fn sample_init(&self) -> Result<Sample, Error> {
         let inner = &self.inner;
         let seq = inner.next_sample.fetch_add(1, Ordering::SeqCst);
-        let mut timings = SampleTimings::default();
+        let events = inner.fleet.events();
+        let tracker = Tracker::new(SampleId {
+            run: inner.run.clone(),
+            seq,
+        });
         let needs = Needs {
             ram_mb: inner.eval.vms_config.iter().map(VmConfig::ram).sum(),
             vcpus: inner.eval.vms_config.iter().map(VmConfig::cores).sum(),
         };
-        let t = Instant::now();
-        let lease = inner
+        let acquired = inner
             .fleet
             .pool()
             .acquire(
@@ -271,10 +309,26 @@ impl Run {
                 needs,
                 inner.fleet.settings().run.lease_timeout(),
             )
-            .await?;
-        timings.lease = t.elapsed();
+            .await;
+        let lease = match acquired {
+            Ok(lease) => lease,
+            Err(e) => {
+                let e = Error::from(e);
+                events.emit(&tracker, failure(Step::Lease, &e));
+                // Nothing was made: the stream of this sample ends here.
+                events.emit(&tracker, EventKind::TornDown);
+                return Err(e);
+            }
+        };
         let handle = lease.instance().clone();
-        let state = Arc::new(SampleState {
+        events.emit(
+            &tracker,
+            EventKind::Leased {
+                instance: handle.id().to_owned(),
+            },
+        );
+        let core = Arc::new(Core {
+            tracker,
             seq,
             instance: handle.id().to_owned(),
             handle: handle.clone(),
@@ -283,16 +337,20 @@ impl Run {
             lease: StdMutex::new(Some(lease)),
             done: Mutex::new(false),
         });
-        lock(&inner.open).insert(seq, state.clone());
-        match self.build(&state, &mut timings).await {
-            Ok(sandboxes) => Ok(Sample {
-                task: self.clone(),
-                state,
-                sandboxes,
-                timings,
-            }),
+        lock(&inner.open).insert(seq, core.clone());
+        inner.fleet.register(&core);
+        match self.build(&core).await {
+            Ok(sandboxes) => {
+                events.emit(&core.tracker, EventKind::Running);
+                Ok(Sample {
+                    task: self.clone(),
+                    core,
+                    sandboxes,
+                })
+            }
             Err((step, e)) => {
-                let leftover = match state.teardown(self).await {
+                events.emit(&core.tracker, failure(step.clone(), &e));
+                let leftover = match core.teardown(self).await {
                     Ok(()) => Vec::new(),
                     Err(Error::Cleanup { leftover }) => leftover,
                     Err(other) => vec![other.to_string()],
@@ -310,9 +368,8 @@ impl Run {
     /// an owner `cleanup --expired` can see), then creates and applies the network once.
     fn network_future(
         &self,
-        state: &Arc<SampleState>,
+        state: &Arc<Core>,
         first_vm: tokio::sync::watch::Receiver<bool>,
-        took: Arc<StdMutex<Option<Duration>>>,
     ) -> Result<(SharedNet, NetFailure), Error> {
         let inner = self.inner.clone();
         let inst_id = state.instance.clone();
@@ -351,10 +408,16 @@ impl Run {
                 &applier,
             )
             .await;
-            *lock(&took) = Some(t.elapsed());
             match r {
                 Ok(net) => {
                     *lock(&state.network) = Some(net.clone());
+                    inner.fleet.events().emit(
+                        &state.tracker,
+                        EventKind::NetworkReady {
+                            zone: net.zone.clone(),
+                            took: t.elapsed(),
+                        },
+                    );
                     Ok(net)
                 }
                 Err(e) => {
@@ -369,21 +432,16 @@ impl Run {
         Ok((boxed.shared(), failure))
     }
 
-    async fn build(
-        &self,
-        state: &Arc<SampleState>,
-        timings: &mut SampleTimings,
-    ) -> Result<Vec<SandboxVm>, (String, Error)> {
+    async fn build(&self, state: &Arc<Core>) -> Result<Vec<SandboxVm>, (Step, Error)> {
         let inner = &self.inner;
         let inst = &inner.instances[&state.instance];
         let run = &inner.fleet.settings().run;
+        let events = inner.fleet.events();
         let (first_tx, first_rx) = tokio::sync::watch::channel(false);
-        let net_time: Arc<StdMutex<Option<Duration>>> = Arc::default();
         let (net, net_failure) = self
-            .network_future(state, first_rx, net_time.clone())
-            .map_err(|e| ("network".to_owned(), e))?;
+            .network_future(state, first_rx)
+            .map_err(|e| (Step::Network, e))?;
         let names = inner.eval.sandbox_names();
-        let t = Instant::now();
         let create_one = |i: usize| {
             let vmc = &inner.eval.vms_config[i];
             let name = names[i].clone();
@@ -391,7 +449,7 @@ impl Run {
             let net = net.clone();
             let first_tx = &first_tx;
             async move {
-                let step = format!("vm {name:?}");
+                let step = Step::Clone { vm: name.clone() };
                 let client = inst.handle.client();
                 let node = inst.handle.node();
                 let record = OwnerRecord::here(&inner.run, state.seq, &name, run.ttl());
@@ -429,9 +487,17 @@ impl Run {
                     .await
                     .map_err(|e| (step.clone(), Error::from(e)))?;
                 drop(permit);
+                events.emit(
+                    &state.tracker,
+                    EventKind::VmCloned {
+                        vm: name.clone(),
+                        vmid: vmid.0,
+                    },
+                );
+                let step = Step::Configure { vm: name.clone() };
                 let network = net.await.map_err(|m| {
                     (
-                        "network".to_owned(),
+                        Step::Network,
                         Error::Config {
                             field: "sdn_config".into(),
                             value: String::new(),
@@ -453,21 +519,28 @@ impl Run {
                     &storage,
                 )
                 .map_err(|e| (step.clone(), e))?;
-                pvesandbox_templates::finish_clone(
+                // The clone task was waited for above, inside the permit.
+                pvesandbox_templates::configure_clone(
                     client,
                     template,
                     &spec,
-                    &upid,
                     pve_client::WaitOptions::with_timeout(CLONE_TIMEOUT),
                 )
                 .await
                 .map_err(|e| (step.clone(), Error::from(e)))?;
                 pve_sdn::vm_firewall(client, node, vmid.0, &network)
                     .await
-                    .map_err(|e| (format!("firewall of {name:?}"), Error::from(e)))?;
+                    .map_err(|e| (Step::Firewall { vm: name.clone() }, Error::from(e)))?;
                 vm::start(client, node, vmid.0)
                     .await
-                    .map_err(|e| (format!("start of {name:?}"), Error::from(e)))?;
+                    .map_err(|e| (Step::Start { vm: name.clone() }, Error::from(e)))?;
+                events.emit(
+                    &state.tracker,
+                    EventKind::VmStarted {
+                        vm: name.clone(),
+                        vmid: vmid.0,
+                    },
+                );
                 let mut agent = GuestAgent::new(client.clone(), node, vmid.0);
                 if let Some(u) = &vmc.user {
                     agent = agent.file_user(u.clone());
@@ -484,9 +557,10 @@ impl Run {
                 if vmc.await_before_next_vm && vmc.is_sandbox {
                     vm.wait_agent(run.agent_timeout())
                         .await
-                        .map_err(|e| (format!("agent of {name:?}"), e))?;
+                        .map_err(|e| (Step::Agent { vm: name.clone() }, e))?;
+                    events.emit(&state.tracker, EventKind::AgentReady { vm: name.clone() });
                 }
-                Ok::<_, (String, Error)>(vm)
+                Ok::<_, (Step, Error)>(vm)
             }
         };
         // VMs flagged await_before_next_vm end a batch: the next VM is created only after
@@ -506,21 +580,31 @@ impl Run {
             }
         }
         results.extend(futures_util::future::join_all(batch).await);
-        timings.vms = t.elapsed();
-        timings.network = lock(&net_time).unwrap_or_default();
         // The network's own typed error beats the VMs' "network failed" echoes.
         if let Some(e) = lock(&net_failure).take() {
-            return Err(("network".to_owned(), Error::from(e)));
+            return Err((Step::Network, Error::from(e)));
         }
         let mut vms = Vec::new();
         for r in results {
             vms.push(r?);
         }
-        let t = Instant::now();
+        let waited: Vec<&str> = inner
+            .eval
+            .vms_config
+            .iter()
+            .zip(&names)
+            .filter(|(c, _)| c.await_before_next_vm && c.is_sandbox)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        let waited = &waited;
         let waits = vms.iter().filter(|v| v.is_sandbox).map(|v| async move {
-            v.wait_agent(run.agent_timeout())
-                .await
-                .map_err(|e| (format!("agent of {:?}", v.name), e))
+            if !waited.contains(&v.name.as_str()) {
+                v.wait_agent(run.agent_timeout())
+                    .await
+                    .map_err(|e| (Step::Agent { vm: v.name.clone() }, e))?;
+                events.emit(&state.tracker, EventKind::AgentReady { vm: v.name.clone() });
+            }
+            Ok(())
         });
         for r in futures_util::future::join_all(waits).await {
             r?;
@@ -539,7 +623,6 @@ impl Run {
                 vm.agent = vm.agent.clone().workdir(&h);
             }
         }
-        timings.agents = t.elapsed();
         Ok(vms)
     }
 
@@ -562,6 +645,10 @@ impl Run {
         report.into_result()
     }
 }
+
+/// How long one pause or resume task may take (PVE's QMP `stop`/`cont` answer within seconds;
+/// the rest is the task's bookkeeping and a loaded node).
+const POWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long one clone (and its configuration) may take.
 const CLONE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -594,19 +681,53 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What a sample made, for teardown (also after a failed init).
-struct SampleState {
+/// A `Failed` event for `e` at `step`.
+fn failure(step: Step, e: &Error) -> EventKind {
+    EventKind::Failed {
+        step,
+        kind: e.kind(),
+        message: e.to_string(),
+    }
+}
+
+/// What a sample made, for teardown (also after a failed init), with its state and history;
+/// shared by its [`Sample`] handle, its run's open set and the fleet's registry.
+pub(crate) struct Core {
+    pub(crate) tracker: Tracker,
     seq: u32,
     instance: String,
     handle: InstanceHandle,
     vms: StdMutex<Vec<(u32, String)>>,
     network: StdMutex<Option<Network>>,
+    /// Held until the teardown succeeds: the sample's slot in the pool's capacity count.
     lease: StdMutex<Option<Lease>>,
     /// Held during teardown, so concurrent cleanups of one sample do the work once.
     done: Mutex<bool>,
 }
 
-impl SampleState {
+/// One live sample as the fleet's registry shows it ([`Fleet::samples`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleInfo {
+    /// The sample.
+    pub id: SampleId,
+    /// Where it is in its life.
+    pub state: SampleState,
+    /// The instance it lives on.
+    pub instance: String,
+    /// `(vmid, sandbox name)` of every VM it made so far.
+    pub vms: Vec<(u32, String)>,
+}
+
+impl Core {
+    pub(crate) fn info(&self) -> SampleInfo {
+        SampleInfo {
+            id: self.tracker.id.clone(),
+            state: self.tracker.state(),
+            instance: self.instance.clone(),
+            vms: lock(&self.vms).clone(),
+        }
+    }
+
     /// The background retry the pool runs while the instance is quarantined: the same
     /// teardown, from ids alone.
     fn retry(&self, vms: &[(u32, String)], zone: Option<String>) -> pvesandbox_pool::CleanupRetry {
@@ -638,10 +759,15 @@ impl SampleState {
 
     /// Destroys the VMs (parallel), then removes the network (PVE's IPAM refuses to delete
     /// a subnet whose addresses guests still hold), then returns the lease. Idempotent.
+    /// Ends the sample's events with `TornDown` (or `Failed` at [`Step::Teardown`]).
     async fn teardown(&self, task: &Run) -> Result<(), Error> {
         let mut done = self.done.lock().await;
         if *done {
             return Ok(());
+        }
+        let fleet = &task.inner.fleet;
+        if !matches!(self.tracker.state(), SampleState::Failed { .. }) {
+            self.tracker.set(SampleState::Terminating);
         }
         let client = self.handle.client();
         let node = self.handle.node();
@@ -663,7 +789,7 @@ impl SampleState {
         if failed.is_empty()
             && let Some(net) = net
         {
-            let subnets = &task.inner.fleet.instance(&self.instance).subnets;
+            let subnets = &fleet.instance(&self.instance).subnets;
             let applier = PoolApplier(self.handle.clone());
             if let Err(e) = pve_sdn::teardown(client, &net, subnets, &applier).await {
                 failed.push(format!(
@@ -678,34 +804,75 @@ impl SampleState {
             lock(&task.inner.open).remove(&self.seq);
             // Dropping the lease returns the slot.
             lock(&self.lease).take();
+            fleet.events().emit(&self.tracker, EventKind::TornDown);
+            fleet.unregister(&self.tracker.id);
             Ok(())
         } else {
             // Keep the instance out of rotation until a retry cleans it.
             if let Some(lease) = lock(&self.lease).take() {
                 lease.release_dirty(self.retry(&vms, net_zone));
             }
-            Err(Error::Cleanup { leftover: failed })
+            let e = Error::Cleanup { leftover: failed };
+            fleet
+                .events()
+                .emit(&self.tracker, failure(Step::Teardown, &e));
+            Err(e)
         }
+    }
+
+    /// Pauses (`pause`) or resumes every VM of the sample, all at once, each to the end of its
+    /// task; `Err` names the VMs that failed, the others stay done.
+    async fn power(&self, pause: bool) -> Result<(), Error> {
+        let client = self.handle.client();
+        let node = client.node(self.handle.node());
+        let vms = lock(&self.vms).clone();
+        let jobs = vms.iter().map(|(vmid, _)| {
+            let vm = node.qemu(pve_client::Vmid(*vmid));
+            async move {
+                let upid = if pause {
+                    vm.suspend(false).await?
+                } else {
+                    vm.resume().await?
+                };
+                client
+                    .wait_task(&upid, pve_client::WaitOptions::with_timeout(POWER_TIMEOUT))
+                    .await
+                    .map(drop)
+            }
+        });
+        let mut first = None;
+        for r in futures_util::future::join_all(jobs).await {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), |e| Err(Error::from(e)))
     }
 }
 
 /// A created sample: its sandboxes by name, until [`Sample::cleanup`].
 pub struct Sample {
     task: Run,
-    state: Arc<SampleState>,
+    core: Arc<Core>,
     sandboxes: Vec<SandboxVm>,
-    timings: SampleTimings,
 }
 
 impl std::fmt::Debug for Sample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sample")
-            .field("seq", &self.state.seq)
-            .field("instance", &self.state.instance)
+            .field("id", &self.core.tracker.id)
+            .field("instance", &self.core.instance)
             .field("sandboxes", &self.sandboxes)
             .finish_non_exhaustive()
     }
 }
+
+/// A sample's clock may be this far off the host's after a resume before it is stepped: the
+/// agent round trip that reads it takes milliseconds, a pause lasts seconds or more.
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(500);
+
+/// How long the agents of a resumed sample may take to answer again.
+const RESUME_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sample {
     /// The sandboxes, in config order (the first sandbox VM is `default`).
@@ -724,24 +891,30 @@ impl Sample {
     }
     /// Sequence number within the run.
     pub fn seq(&self) -> u32 {
-        self.state.seq
+        self.core.seq
     }
     /// Its identity across processes (`s<seq>.<run>`; [`crate::Fleet::attach`] takes it).
-    pub fn id(&self) -> crate::owner::SampleId {
-        crate::owner::SampleId {
-            run: self.task.run_id().clone(),
-            seq: self.state.seq,
-        }
+    pub fn id(&self) -> SampleId {
+        self.core.tracker.id.clone()
+    }
+    /// Where it is in its life.
+    pub fn state(&self) -> SampleState {
+        self.core.tracker.state()
+    }
+    /// Everything that happened to it so far, in order (the fleet's stream, for this sample,
+    /// without the risk of lagging).
+    pub fn events(&self) -> Vec<SampleEvent> {
+        self.core.tracker.history()
     }
     /// The network's zone id, if the sample made one.
     pub fn zone(&self) -> Option<String> {
-        lock(&self.state.network)
+        lock(&self.core.network)
             .as_ref()
             .and_then(|n| n.zone.clone())
     }
-    /// Phase timings of its creation.
-    pub fn timings(&self) -> &SampleTimings {
-        &self.timings
+    /// Phase timings of its creation, from its events.
+    pub fn timings(&self) -> SampleTimings {
+        SampleTimings::from_events(&self.core.tracker.history())
     }
     /// Moves the sample's expiry to `expires_at`: every VM's `exp-` tag and owner record are
     /// rewritten (other tags kept), each with its config digest so a concurrent change is
@@ -755,16 +928,16 @@ impl Sample {
                 fix: "give a time after 1970".into(),
             })?
             .as_secs();
-        let vms = lock(&self.state.vms).clone();
-        let client = self.state.handle.client();
-        let node = client.node(&self.state.handle.config().node);
+        let vms = lock(&self.core.vms).clone();
+        let client = self.core.handle.client();
+        let node = client.node(&self.core.handle.config().node);
         for (vmid, name) in vms {
             let vm = node.qemu(pve_client::Vmid(vmid));
             let cfg = vm.config_current().await?;
             let description = cfg.get("description").unwrap_or_default();
             let Some(mut record) = OwnerRecord::parse(&description) else {
                 return Err(Error::NotOurs {
-                    vm: format!("{}/{vmid} ({name})", self.state.instance),
+                    vm: format!("{}/{vmid} ({name})", self.core.instance),
                     why: "its description holds no owner record any more; not renewed".into(),
                 });
             };
@@ -784,7 +957,64 @@ impl Sample {
             }
             vm.update_config(&p).await?;
         }
+        self.task
+            .fleet()
+            .events()
+            .emit(&self.core.tracker, EventKind::Renewed { expires_at });
         Ok(())
+    }
+    /// Pauses every VM of the sample with its RAM kept (`status/suspend`, task `qmpause`):
+    /// nothing in them runs, and commands fail as PVE's agent does on a paused VM, until
+    /// [`resume`](Self::resume). Only a running sample pauses. If a VM cannot be paused, the
+    /// others are resumed again and the sample stays running.
+    pub async fn pause(&self) -> Result<(), Error> {
+        let t = &self.core.tracker;
+        t.transition(&[SampleState::Running], SampleState::Pausing)
+            .map_err(|now| self.wrong_state(now, "pause", "running"))?;
+        if let Err(e) = self.core.power(true).await {
+            // Best effort back to where it was: a half-paused sample helps nobody.
+            let _ = self.core.power(false).await;
+            t.set(SampleState::Running);
+            self.task.fleet().events().emit(t, failure(Step::Pause, &e));
+            return Err(e);
+        }
+        self.task.fleet().events().emit(t, EventKind::Paused);
+        Ok(())
+    }
+    /// Resumes a paused sample (`status/resume`, task `qmresume`): the same processes go on
+    /// where they stopped. A paused guest's clock stood still, so each sandbox's clock is then
+    /// stepped to the host's when it is more than [`CLOCK_TOLERANCE`] off; that needs the
+    /// agent and root in the guest, and its failure is returned with the sample running.
+    pub async fn resume(&self) -> Result<(), Error> {
+        let t = &self.core.tracker;
+        t.transition(&[SampleState::Paused], SampleState::Resuming)
+            .map_err(|now| self.wrong_state(now, "resume", "paused"))?;
+        if let Err(e) = self.core.power(false).await {
+            t.set(SampleState::Paused);
+            self.task
+                .fleet()
+                .events()
+                .emit(t, failure(Step::Resume, &e));
+            return Err(e);
+        }
+        self.task.fleet().events().emit(t, EventKind::Resumed);
+        let fixes = self
+            .sandboxes
+            .iter()
+            .filter(|v| v.is_sandbox)
+            .map(|v| v.fix_clock());
+        for r in futures_util::future::join_all(fixes).await {
+            r?;
+        }
+        Ok(())
+    }
+    fn wrong_state(&self, now: SampleState, action: &'static str, needs: &'static str) -> Error {
+        Error::WrongState {
+            sample: self.id().to_string(),
+            state: Box::new(now),
+            action,
+            needs,
+        }
     }
     /// Removes everything the sample made (idempotent). With `interrupted`, defers to the
     /// task's cleanup instead, as Inspect asks for a cancelled sample.
@@ -792,16 +1022,13 @@ impl Sample {
         if interrupted {
             return Ok(());
         }
-        self.state.teardown(&self.task).await
+        self.core.teardown(&self.task).await
     }
-    /// Leaves the sample running after this process exits (`pvesandbox up`); `down` or the
-    /// expiry removes it.
+    /// Leaves the sample running after this handle is gone (`pvesandbox up`); `down` or the
+    /// expiry removes it. It stays in the fleet's registry, holding its slot in the capacity
+    /// count for as long as the fleet lives; its run's cleanup no longer tears it down.
     pub fn detach(self) {
-        lock(&self.task.inner.open).remove(&self.state.seq);
-        // The process is about to exit; the slot does not need returning.
-        if let Some(lease) = lock(&self.state.lease).take() {
-            std::mem::forget(lease);
-        }
+        lock(&self.task.inner.open).remove(&self.core.seq);
     }
 }
 
@@ -860,6 +1087,43 @@ impl SandboxVm {
     pub fn client(&self) -> &PveClient {
         self.agent.client()
     }
+    /// Steps the guest's clock to the host's when it is more than [`CLOCK_TOLERANCE`] off
+    /// (after a pause or a rollback the guest's clock lags by the time it stood still).
+    async fn fix_clock(&self) -> Result<(), Error> {
+        self.wait_agent(RESUME_AGENT_TIMEOUT).await?;
+        let guest = self.agent.time().await?;
+        let now = std::time::SystemTime::now();
+        let off = match guest.duration_since(now) {
+            Ok(ahead) => ahead,
+            Err(behind) => behind.duration(),
+        };
+        if off <= CLOCK_TOLERANCE {
+            return Ok(());
+        }
+        // Read the host clock again at the last moment: the agent round trip took time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let set = ExecRequest::new([
+            "date".to_owned(),
+            "-u".to_owned(),
+            "-s".to_owned(),
+            format!("@{}.{:09}", now.as_secs(), now.subsec_nanos()),
+        ])
+        .user("root")
+        .cwd("/")
+        .timeout(PROBE_TIMEOUT);
+        let out = self.agent.exec(&set).await?;
+        if !out.success() {
+            return Err(Error::ClockFix {
+                vm: self.name.clone(),
+                off,
+                why: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     async fn wait_agent(&self, timeout: Duration) -> Result<(), Error> {
         self.agent
             .wait_ready(Instant::now() + timeout)

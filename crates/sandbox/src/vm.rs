@@ -82,6 +82,10 @@ pub struct OwnedVm {
     pub name: String,
     /// `running`, `stopped`.
     pub status: String,
+    /// Its RAM, MiB (`maxmem`).
+    pub memory_mb: u64,
+    /// Its vCPUs (`maxcpu`).
+    pub cores: u32,
     /// What its tags say.
     pub tagged: Tagged,
 }
@@ -114,6 +118,8 @@ pub(crate) async fn list_owned(client: &PveClient) -> Result<Vec<OwnedVm>, pve_c
                 node: r.node?,
                 name,
                 status: r.status.unwrap_or_default(),
+                memory_mb: r.maxmem.unwrap_or(0) >> 20,
+                cores: r.maxcpu.unwrap_or(0.0) as u32,
                 tagged,
             })
         })

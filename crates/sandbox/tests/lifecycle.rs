@@ -6,7 +6,10 @@ mod common;
 use common::*;
 use guest_agent::ExecRequest;
 use pve_sim::FaultError;
-use pvesandbox::{CleanupTarget, Error, Fleet, Run, TaskOptions};
+use pvesandbox::{
+    CleanupTarget, Error, ErrorKind, EventKind, Fleet, Run, SampleEvent, SampleState,
+    SampleTimings, TaskOptions,
+};
 
 fn sh(cmd: &str) -> ExecRequest {
     ExecRequest::new(["sh", "-c", cmd])
@@ -150,10 +153,27 @@ async fn a_failed_sample_init_undoes_everything_it_made() {
         1,
         FaultError::task("start failed: QEMU exited with code 1"),
     );
+    let mut events = task.fleet().subscribe();
     let err = task.sample_init().await.unwrap_err();
+    let mut kinds = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        kinds.push(ev.kind);
+    }
+    match &kinds[kinds.len() - 2..] {
+        [EventKind::Failed { step, message, .. }, EventKind::TornDown] => {
+            assert!(matches!(step, pvesandbox::Step::Start { .. }), "{step}");
+            assert!(message.contains("QEMU exited with code 1"), "{message}");
+        }
+        other => panic!("a failed sample's stream ends Failed, TornDown: {other:?}"),
+    }
+    assert!(
+        task.fleet().samples().is_empty(),
+        "{:?}",
+        task.fleet().samples()
+    );
     match &err {
         Error::SampleInit { step, leftover, .. } => {
-            assert!(step.starts_with("start of"), "{step}");
+            assert!(matches!(step, pvesandbox::Step::Start { .. }), "{step}");
             assert!(leftover.is_empty(), "{leftover:?}");
         }
         other => panic!("expected SampleInit, got {other:?}"),
@@ -602,4 +622,260 @@ async fn a_vm_with_a_user_runs_as_that_user_in_its_home() {
         "{err:?}"
     );
     sample.cleanup(false).await.unwrap();
+}
+
+/// The most clones the simulator ever ran at once, from its request log alone: a clone holds
+/// its storage's permit from its accepted `POST .../clone` until the poll that saw its
+/// `qmclone` task end, which is its last (nothing polls a clone task after that).
+fn most_clones_at_once(log: &pve_sim::RequestLog) -> usize {
+    let entries = log.entries();
+    let mut last_poll = std::collections::BTreeMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        if e.route == "/nodes/{node}/tasks/{upid}/status" && e.path.contains("qmclone") {
+            last_poll.insert(e.path.clone(), i);
+        }
+    }
+    let ends: std::collections::BTreeSet<usize> = last_poll.into_values().collect();
+    let (mut now, mut most) = (0usize, 0usize);
+    for (i, e) in entries.iter().enumerate() {
+        // A refused clone (its VM id taken) starts no task.
+        if e.method == "POST" && e.route == "/nodes/{node}/qemu/{vmid}/clone" && e.status == 200 {
+            now += 1;
+            most = most.max(now);
+        }
+        if ends.contains(&i) {
+            now = now.saturating_sub(1);
+        }
+    }
+    most
+}
+
+/// A simulator whose clone tasks take 100 ms (a twentieth of the realistic 2 s), so clones
+/// that run at once overlap for sure.
+async fn slow_clones() -> (pvesandbox::embedded::DemoSim, pvesandbox::Settings) {
+    let sim = pvesandbox::embedded::start_demo_sim_with(pvesandbox::embedded::SimOptions {
+        port: 0,
+        realistic: Some(0.05),
+        process_guests: true,
+    })
+    .await
+    .expect("simulator");
+    let mut settings = pvesandbox::Settings::default();
+    settings.images.cache_dir = Some(tempfile::tempdir().unwrap().keep());
+    let mut settings = sim.settings(settings).unwrap();
+    settings.instances[0].max_samples = Some(8);
+    (sim, settings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_of_one_fleet_clone_one_at_a_time_per_storage_and_two_fleets_do_not() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = slow_clones().await;
+    let sim = &sim;
+    let both = |fleet_a: Fleet, fleet_b: Fleet| async move {
+        let a = fleet_a.run(one_vm(), TaskOptions::default()).await.unwrap();
+        let b = fleet_b.run(one_vm(), TaskOptions::default()).await.unwrap();
+        sim.sim().reset_requests();
+        let (sa, sb) = tokio::join!(
+            futures_util::future::join(a.sample_init(), a.sample_init()),
+            futures_util::future::join(b.sample_init(), b.sample_init()),
+        );
+        let most = most_clones_at_once(&sim.sim().requests());
+
+        for s in [sa.0, sa.1, sb.0, sb.1] {
+            s.unwrap().cleanup(false).await.unwrap();
+        }
+        a.task_cleanup().await.unwrap();
+        b.task_cleanup().await.unwrap();
+        most
+    };
+    // Control: two fleets (as two processes would) each hold a permit of their own.
+    let most = both(
+        Fleet::start(settings.clone()).await.unwrap(),
+        Fleet::start(settings.clone()).await.unwrap(),
+    )
+    .await;
+    assert!(most >= 2, "the control did not clone in parallel ({most})");
+    let fleet = Fleet::start(settings).await.unwrap();
+    let most = both(fleet.clone(), fleet).await;
+    assert_eq!(most, 1, "four samples of two runs of one fleet");
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_samples_events_arrive_in_order_and_end_with_torn_down() {
+    if !guests_available() {
+        return;
+    }
+    let (_sim, settings) = world().await;
+    let fleet = Fleet::start(settings).await.unwrap();
+    let mut rx = fleet.subscribe();
+    let run = fleet.run(two_vms(), TaskOptions::default()).await.unwrap();
+    let sample = run.sample_init().await.unwrap();
+    let id = sample.id();
+    assert_eq!(sample.state(), SampleState::Running);
+    let listed = fleet.sample(&id).expect("in the registry");
+    assert_eq!(listed.state, SampleState::Running);
+    assert_eq!(listed.vms.len(), 2);
+    sample.cleanup(false).await.unwrap();
+    assert_eq!(sample.state(), SampleState::Terminated);
+    assert!(fleet.sample(&id).is_none(), "{:?}", fleet.samples());
+
+    let mut got = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        got.push(ev);
+    }
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "{got:?}");
+    let mine: Vec<_> = got.into_iter().filter(|e| e.sample == id).collect();
+    let ids = |evs: &[SampleEvent]| evs.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&mine),
+        ids(&sample.events()),
+        "history and stream agree"
+    );
+    let kinds: Vec<&EventKind> = mine.iter().map(|e| &e.kind).collect();
+    assert!(matches!(kinds[0], EventKind::Leased { .. }), "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 2], &EventKind::Running, "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 1], &EventKind::TornDown, "{kinds:?}");
+    let pos = |want: &dyn Fn(&EventKind) -> bool| kinds.iter().position(|k| want(k));
+    for vm in ["default", "b"] {
+        let cloned = pos(&|k| matches!(k, EventKind::VmCloned { vm: v, .. } if v == vm));
+        let started = pos(&|k| matches!(k, EventKind::VmStarted { vm: v, .. } if v == vm));
+        let ready = pos(&|k| matches!(k, EventKind::AgentReady { vm: v } if v == vm));
+        assert!(
+            cloned.is_some() && cloned < started && started < ready,
+            "{vm}: {kinds:?}"
+        );
+    }
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| matches!(k, EventKind::NetworkReady { .. }))
+            .count(),
+        1
+    );
+    assert_eq!(sample.timings(), SampleTimings::from_events(&mine));
+    run.task_cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_sample_runs_nothing_and_resumes_with_the_same_processes() {
+    if !guests_available() {
+        return;
+    }
+    let (_sim, settings) = world().await;
+    let task = Run::task_init(settings, one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    let sample = task.sample_init().await.unwrap();
+    let vm = sample.get("default").unwrap();
+    let out = |o: guest_agent::ExecOutput| String::from_utf8_lossy(&o.stdout).into_owned();
+    // The loop stamps the clock it shares with the host every 20 ms.
+    vm.exec(sh(
+        "(sh -c 'echo $$ > /root/loop.pid; while :; do date +%s%N >> /root/ticks; sleep 0.02; done' \
+         >/dev/null 2>&1 &)",
+    ))
+    .await
+    .unwrap();
+    let ticks = async || -> Vec<u128> {
+        out(vm.exec(sh("cat /root/ticks 2>/dev/null")).await.unwrap())
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    while ticks().await.len() < 3 {
+        tokio::task::yield_now().await;
+    }
+    let pid = out(vm.exec(sh("cat /root/loop.pid")).await.unwrap());
+
+    sample.pause().await.unwrap();
+    let paused_at = now_ns();
+    assert_eq!(sample.state(), SampleState::Paused);
+    let e = vm.exec(sh("true")).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::GuestAgent, "{e}");
+    let e = sample.pause().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    // Not a synchronisation: the time that passes while paused is what is being tested.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let resumed_at = now_ns();
+    sample.resume().await.unwrap();
+    assert_eq!(sample.state(), SampleState::Running);
+
+    while ticks().await.last().is_none_or(|t| *t < resumed_at) {
+        tokio::task::yield_now().await;
+    }
+    let all = ticks().await;
+    let while_paused: Vec<_> = all
+        .iter()
+        .filter(|t| (paused_at..resumed_at).contains(*t))
+        .collect();
+    assert!(
+        while_paused.is_empty(),
+        "ticks while paused: {while_paused:?}"
+    );
+    assert_eq!(out(vm.exec(sh("cat /root/loop.pid")).await.unwrap()), pid);
+    let alive = vm
+        .exec(sh("kill -0 $(cat /root/loop.pid) && echo alive"))
+        .await
+        .unwrap();
+    assert_eq!(out(alive), "alive\n");
+    let kinds: Vec<_> = sample.events().into_iter().map(|e| e.kind).collect();
+    let paused = kinds.iter().position(|k| *k == EventKind::Paused);
+    let resumed = kinds.iter().position(|k| *k == EventKind::Resumed);
+    assert!(paused.is_some() && paused < resumed, "{kinds:?}");
+    sample.cleanup(false).await.unwrap();
+    task.task_cleanup().await.unwrap();
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn detached_and_attached_samples_keep_their_capacity_counted() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, mut settings) = world().await;
+    settings.instances[0].max_samples = Some(1);
+    settings.run.lease_timeout_secs = 1;
+    let timed_out = |r: Result<pvesandbox::Sample, Error>| {
+        matches!(
+            r,
+            Err(Error::Pool(pvesandbox_pool::PoolError::Timeout { .. }))
+        )
+    };
+    let a = Fleet::start(settings.clone()).await.unwrap();
+    let run = a.run(one_vm(), TaskOptions::default()).await.unwrap();
+    let sample = run.sample_init().await.unwrap();
+    let id = sample.id();
+    sample.detach();
+    // Still live in its fleet, still holding the one slot.
+    assert_eq!(
+        a.sample(&id).map(|s| s.state),
+        Some(SampleState::Running),
+        "{:?}",
+        a.samples()
+    );
+    assert!(timed_out(run.sample_init().await));
+
+    // Another fleet (another process) that attaches to it counts it too, while it holds it.
+    let b = Fleet::start(settings.clone()).await.unwrap();
+    let other = b.run(one_vm(), TaskOptions::default()).await.unwrap();
+    let attached = b.attach(&id).await.unwrap();
+    assert!(timed_out(other.sample_init().await));
+    drop(attached);
+    let s = other.sample_init().await.unwrap();
+    s.cleanup(false).await.unwrap();
+    other.task_cleanup().await.unwrap();
+
+    pvesandbox::cleanup(&settings.instances, &CleanupTarget::Run(id.run.clone()))
+        .await
+        .unwrap();
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
 }

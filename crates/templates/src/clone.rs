@@ -141,7 +141,7 @@ pub async fn start_clone(
 }
 
 /// The second half of [`clone_template`]: waits for the clone task `upid`, then configures
-/// and resizes as `spec` says.
+/// and resizes as `spec` says ([`configure_clone`]).
 pub async fn finish_clone(
     pve: &PveClient,
     template: &Template,
@@ -149,9 +149,23 @@ pub async fn finish_clone(
     upid: &pve_client::Upid,
     wait: WaitOptions,
 ) -> Result<CloneOutcome> {
+    let polls = wait_counting(pve, upid, wait).await?;
+    let mut out = configure_clone(pve, template, spec, wait).await?;
+    out.rest_calls += polls;
+    Ok(out)
+}
+
+/// Configures and resizes a clone whose task has ended, as `spec` says: for callers that
+/// waited for the clone themselves (to hold a storage's clone permit exactly that long).
+/// `wait` bounds the configuration's own tasks; `rest_calls` counts the clone call too.
+pub async fn configure_clone(
+    pve: &PveClient,
+    template: &Template,
+    spec: &CloneSpec,
+    wait: WaitOptions,
+) -> Result<CloneOutcome> {
     let node = pve.node(&template.node);
     let mut calls = 1u32;
-    calls += wait_counting(pve, upid, wait).await?;
     let vm = node.qemu(spec.newid);
     let mut p = Params::new()
         .with("memory", spec.memory_mb)

@@ -45,7 +45,9 @@ use std::time::{Duration, SystemTime};
 
 use pve_client::{PveClient, VmEntry, Vmid};
 
-pub use clone::{CloneOutcome, CloneSpec, NicSpec, clone_template, finish_clone, start_clone};
+pub use clone::{
+    CloneOutcome, CloneSpec, NicSpec, clone_template, configure_clone, finish_clone, start_clone,
+};
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use images::{Checksum, ChecksumAlgorithm, ImageCatalog, ImageFormat, ImageSpec};

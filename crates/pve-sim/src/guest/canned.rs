@@ -31,6 +31,7 @@ impl CannedGuest {
                     "guest-get-host-name",
                     "guest-network-get-interfaces",
                     "guest-set-time",
+                    "guest-get-time",
                 ]
                 .iter()
                 .map(|n| json!({"name": n, "enabled": true, "success-response": true}))
@@ -44,6 +45,7 @@ impl CannedGuest {
                 "kernel-version": "#1 SMP", "machine": "x86_64",
             }),
             "guest-get-host-name" => json!({"host-name": self.spec.name}),
+            "guest-get-time" => json!(super::host_time_ns()),
             "guest-network-get-interfaces" => {
                 let mac = self
                     .spec

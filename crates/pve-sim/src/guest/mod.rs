@@ -32,6 +32,14 @@ use serde_json::Value;
 /// A boxed, sendable future (the trait must be object-safe: backends are chosen at run time).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The host's wall clock in nanoseconds since the epoch: `guest-get-time` of guests that share
+/// it (a pid namespace has no clock of its own).
+pub(crate) fn host_time_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
 /// Why a QGA command did not return a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QgaError {

@@ -1188,6 +1188,7 @@ const SUPPORTED: &[&str] = &[
     "guest-get-osinfo",
     "guest-network-get-interfaces",
     "guest-set-time",
+    "guest-get-time",
 ];
 
 impl Guest for ProcessGuest {
@@ -1231,6 +1232,7 @@ impl Guest for ProcessGuest {
                 // The VM shares the host clock (there is no time namespace for CLOCK_REALTIME):
                 // setting it is accepted and has nothing to do.
                 "guest-set-time" => Ok(json!({})),
+                "guest-get-time" => Ok(json!(super::host_time_ns())),
                 other => Err(command_not_found(other)),
             }
         })
