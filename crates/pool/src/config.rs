@@ -130,9 +130,9 @@ pub struct InstanceConfig {
     /// Realm (`pam`, `pve`).
     #[serde(default)]
     pub user_realm: Option<String>,
-    /// Password (or use `token_id` + `token_secret`).
+    /// Password (or use `token_id` + `token_secret`); never printed.
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// The node VMs are created on.
     pub node: String,
     /// Verify TLS (ignored when `fingerprint` or `ca_file` is set).
@@ -147,9 +147,9 @@ pub struct InstanceConfig {
     /// API token id, `user@realm!name`.
     #[serde(default)]
     pub token_id: Option<String>,
-    /// API token secret.
+    /// API token secret; never printed.
     #[serde(default)]
-    pub token_secret: Option<String>,
+    pub token_secret: Option<Secret>,
     /// Pinned SHA-256 certificate fingerprint.
     #[serde(default)]
     pub fingerprint: Option<String>,
@@ -195,8 +195,8 @@ impl fmt::Debug for InstanceConfig {
             .field("node", &self.node)
             .field("user", &self.user)
             .field("token_id", &self.token_id)
-            .field("password", &self.password.as_ref().map(|_| "***"))
-            .field("token_secret", &self.token_secret.as_ref().map(|_| "***"))
+            .field("password", &self.password)
+            .field("token_secret", &self.token_secret)
             .field("max_samples", &self.max_samples)
             .field("vmid_range", &self.vmid_range)
             .finish_non_exhaustive()
@@ -299,7 +299,7 @@ impl InstanceConfig {
     pub fn client(&self) -> Result<PveClient, PoolError> {
         let mut b = PveClient::builder().base_url(format!("https://{}:{}", self.host, self.port));
         b = match (&self.token_id, &self.token_secret) {
-            (Some(id), Some(secret)) => b.api_token(id.clone(), Secret::new(secret.clone())),
+            (Some(id), Some(secret)) => b.api_token(id.clone(), secret.clone()),
             _ => {
                 let user = self.user.clone().unwrap_or_else(|| "root".into());
                 let realm = self.user_realm.clone().unwrap_or_else(|| "pam".into());
@@ -308,7 +308,10 @@ impl InstanceConfig {
                 } else {
                     format!("{user}@{realm}")
                 };
-                b.password(user, Secret::new(self.password.clone().unwrap_or_default()))
+                b.password(
+                    user,
+                    self.password.clone().unwrap_or_else(|| Secret::new("")),
+                )
             }
         };
         b = match (&self.fingerprint, &self.ca_file, self.verify_tls) {

@@ -6,7 +6,11 @@ use std::fmt;
 ///
 /// `Debug` and `Display` print `***`, so a secret cannot leak through logs,
 /// error messages or `{:?}` of any struct that holds one.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// It deserializes from a string (config files), so a struct holding one can derive
+/// `Deserialize` and still never print it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

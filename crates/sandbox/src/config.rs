@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(i.node, "proxmox");
         assert_eq!(i.image_storage, "local-lvm");
         assert!(!i.verify_tls, "the peer treats only \"1\" as true");
-        assert_eq!(i.password.as_deref(), Some("password"));
+        assert_eq!(i.password.as_ref().map(|p| p.expose()), Some("password"));
         assert!(!format!("{s:?}").contains("\"password\""));
         let s = Settings::load_from(
             None,

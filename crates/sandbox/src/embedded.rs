@@ -152,7 +152,7 @@ impl EmbeddedSim {
         cfg.token_secret = None;
         cfg.user = Some(user.to_owned());
         cfg.user_realm = Some(realm.to_owned());
-        cfg.password = Some(self.admin_password.clone());
+        cfg.password = Some(self.admin_password.clone().into());
         cfg.client().map_err(Error::from_pool)
     }
 

@@ -1467,7 +1467,10 @@ mod tests {
         last.execute().unwrap();
         let text = fs::read_to_string(dir.join("instances.json")).unwrap();
         let f = pvesandbox_pool::InstancesFile::from_json(&text).unwrap();
-        assert_eq!(f.instances[0].token_secret.as_deref(), Some("s3cr3t-uuid"));
+        assert_eq!(
+            f.instances[0].token_secret.as_ref().map(|s| s.expose()),
+            Some("s3cr3t-uuid")
+        );
         assert_eq!(f.instances[0].node, "pve");
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(dir.join("instances.json"))
