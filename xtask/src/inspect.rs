@@ -91,7 +91,7 @@ pub fn test(sh: &Shell, rest: &[String]) -> Result<()> {
     .run()?;
 
     // The CLI the connection() command names, to run that command in a test.
-    cmd!(sh, "cargo build --quiet -p pvesandbox --bin pvesandbox").run()?;
+    cmd!(sh, "cargo build --quiet -p pvesandbox-cli --bin pvesandbox").run()?;
     let cli = target.join("debug/pvesandbox");
 
     let _dir = sh.push_dir(root().join("crates/inspect-adapter"));

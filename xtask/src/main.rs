@@ -190,7 +190,7 @@ fn e2e(sh: &Shell, args: &[String]) -> Result<()> {
     if target == "fakepve" {
         fakepve_venv(sh, false)?;
     }
-    cmd!(sh, "cargo build --quiet -p pvesandbox --bin pvesandbox").run()?;
+    cmd!(sh, "cargo build --quiet -p pvesandbox-cli --bin pvesandbox").run()?;
     cmd!(sh, "cargo run --quiet -p pvesandbox-e2e -- {args...}").run()?;
     Ok(())
 }
@@ -258,6 +258,7 @@ mod tidy {
                     "pvesandbox-pool",
                     "pvesandbox-templates",
                     "pvesandbox",
+                    "pvesandbox-cli",
                 ]
                 .contains(&n)
                 {
@@ -295,8 +296,8 @@ mod tidy {
             ["pve-client"],
             "templates is a library over pve-client alone"
         );
-        // The sandbox composes every library (and embeds the simulator for its demo); nothing
-        // of ours depends on it but the adapter.
+        // The sandbox composes every library (and, behind its `embedded` feature, the
+        // simulator for demos and tests); nothing of ours depends on it but the front ends.
         let mut sandbox = our_deps(&read("sandbox"));
         sandbox.sort();
         assert_eq!(
@@ -322,6 +323,36 @@ mod tidy {
             assert!(
                 !our_deps(&read(lib)).contains(&"pvesandbox".to_owned()),
                 "{lib} must not depend on the sandbox"
+            );
+        }
+        // The CLI is a front end: the library, the types its commands print, and the
+        // simulator it serves (`pvesandbox sim`); nothing depends on it.
+        let mut cli = our_deps(&read("cli"));
+        cli.sort();
+        assert_eq!(
+            cli,
+            [
+                "guest-agent",
+                "pve-sim",
+                "pvesandbox",
+                "pvesandbox-templates"
+            ],
+            "pvesandbox-cli is a front end over the library"
+        );
+        for c in [
+            "pve-client",
+            "pve-sim",
+            "pve-sdn",
+            "guest-agent",
+            "pool",
+            "templates",
+            "sandbox",
+            "inspect-adapter",
+            "e2e",
+        ] {
+            assert!(
+                !our_deps(&read(c)).contains(&"pvesandbox-cli".to_owned()),
+                "{c} must not depend on the CLI"
             );
         }
         // ---- Inspect AI adapter ----

@@ -124,7 +124,7 @@ fn pvesandbox_bin(args: &Args) -> Result<PathBuf> {
     };
     if !p.is_file() {
         bail!(
-            "the pvesandbox CLI is not at {}: build it first (`cargo build -p pvesandbox --bin pvesandbox`) or pass --pvesandbox PATH",
+            "the pvesandbox CLI is not at {}: build it first (`cargo build -p pvesandbox-cli`) or pass --pvesandbox PATH",
             p.display()
         );
     }

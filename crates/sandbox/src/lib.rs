@@ -2,32 +2,42 @@
 //!
 //! The lifecycle in one place, composed from the workspace's libraries: a
 //! [`pvesandbox_pool`] lease, a [`pve_sdn`] network, VMs cloned from
-//! [`pvesandbox_templates`] templates, and [`guest_agent`] for exec and files. Both the
-//! `pvesandbox` CLI and the Inspect adapter call this crate.
+//! [`pvesandbox_templates`] templates, and [`guest_agent`] for exec and files. The
+//! `pvesandbox` command (crate `pvesandbox-cli`), the Inspect adapter and the lifecycle server
+//! call this crate.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), pvesandbox::Error> {
-//! use pvesandbox::{EvalConfig, Run, Settings, TaskOptions};
+//! use pvesandbox::{EvalConfig, Fleet, Settings, TaskOptions};
 //! let settings = Settings::load(None)?; // PROXMOX_* / PROXMOX_CONFIG_FILE / pvesandbox.toml
-//! let task = Run::task_init(settings, EvalConfig::default(), TaskOptions::default()).await?;
-//! let sample = task.sample_init().await?;
+//! let fleet = Fleet::start(settings).await?; // one per process
+//! let mut events = fleet.subscribe(); // every sample's SampleEvents, in order
+//! let run = fleet.run(EvalConfig::default(), TaskOptions::default()).await?;
+//! let sample = run.sample_init().await?;
 //! let out = sample
 //!     .get("default")?
 //!     .exec(guest_agent::ExecRequest::new(["uname", "-a"]))
 //!     .await?;
 //! println!("{}", String::from_utf8_lossy(&out.stdout));
+//! sample.pause().await?; // RAM kept; nothing runs
+//! sample.resume().await?;
 //! sample.cleanup(false).await?;
-//! task.task_cleanup().await?;
+//! run.task_cleanup().await?;
+//! while let Ok(ev) = events.try_recv() {
+//!     println!("{} {} {:?}", ev.id, ev.sample, ev.kind);
+//! }
 //! # Ok(()) }
 //! ```
 //!
 //! Modules: [`config`] (settings, layered with figment), [`eval`] (the sample shape, the
-//! peer's format), [`lifecycle`] (task/sample init and cleanup), [`owner`] (tags and owner
-//! records), [`cleanup`](mod@cleanup) (from Proxmox state alone), [`embedded`] (the simulator for demos
-//! and tests), [`preflight`] (`doctor`).
+//! peer's format), [`lifecycle`] (runs, samples, pause/resume, cleanup), [`events`] (states
+//! and the event stream), [`owner`] (tags, owner records, ids), [`cleanup`](mod@cleanup) (from
+//! Proxmox state alone), [`preflight`] (`doctor`), and `embedded` (the simulator for demos and
+//! tests; the `embedded` feature, on by default).
 
 pub mod cleanup;
 pub mod config;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 mod error;
 pub mod eval;

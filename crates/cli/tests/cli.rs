@@ -1,6 +1,8 @@
 //! The `pvesandbox` binary against the simulator: up, ls, exec, cp both ways, down, and the
 //! exit codes and JSON that scripts rely on.
 
+// The sandbox crate's test world, shared rather than copied.
+#[path = "../../sandbox/tests/common/mod.rs"]
 mod common;
 
 use std::process::Output;

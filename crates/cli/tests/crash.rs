@@ -5,6 +5,8 @@
 //! not slept for), N drawn from the length of a complete `up`. The seed is printed; set
 //! `PVESANDBOX_CRASH_SEED` to replay a failure.
 
+// The sandbox crate's test world, shared rather than copied.
+#[path = "../../sandbox/tests/common/mod.rs"]
 mod common;
 
 use std::process::Stdio;
