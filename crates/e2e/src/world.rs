@@ -440,7 +440,7 @@ impl World {
         &self,
         instance: &str,
         node: &str,
-        vmid: u32,
+        vmid: pve_client::Vmid,
     ) -> Result<BTreeMap<String, String>> {
         let c = self.client(instance)?;
         let v = c

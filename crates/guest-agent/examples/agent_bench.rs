@@ -58,7 +58,7 @@ async fn main() {
         .wait_task(&upid, WaitOptions::with_timeout(Duration::from_secs(30)))
         .await
         .unwrap();
-    let vm = GuestAgent::new(client, "pve1", 100);
+    let vm = GuestAgent::new(client, "pve1", pve_client::Vmid(100));
     vm.wait_ready(Instant::now() + Duration::from_secs(30))
         .await
         .unwrap();

@@ -62,7 +62,7 @@ pub enum Error {
     #[error("guest agent of VM {vmid} unavailable: {message}")]
     AgentUnavailable {
         /// The VM.
-        vmid: u32,
+        vmid: pve_client::Vmid,
         /// PVE's words.
         message: String,
     },
@@ -111,7 +111,7 @@ pub(crate) fn unavailable_message(msg: &str) -> bool {
 }
 
 /// Maps a PVE error on a file operation to the path error it describes, if any.
-pub(crate) fn classify_file(e: pve_client::Error, path: &str, vmid: u32) -> Error {
+pub(crate) fn classify_file(e: pve_client::Error, path: &str, vmid: pve_client::Vmid) -> Error {
     let Some(msg) = e.pve_message() else {
         return Error::Api(e);
     };
@@ -133,7 +133,7 @@ pub(crate) fn classify_file(e: pve_client::Error, path: &str, vmid: u32) -> Erro
 }
 
 /// Maps a PVE error on any agent call: only "no agent" is special.
-pub(crate) fn classify(e: pve_client::Error, vmid: u32) -> Error {
+pub(crate) fn classify(e: pve_client::Error, vmid: pve_client::Vmid) -> Error {
     match e.pve_message() {
         Some(msg) if e.status() == Some(500) && unavailable_message(msg) => {
             Error::AgentUnavailable {

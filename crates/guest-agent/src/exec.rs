@@ -561,7 +561,7 @@ impl GuestAgent {
         let script = format!("rm -f -- {p}.* {p}.*.*");
         let params = exec_params(&["/bin/sh", "-c", &script], &Stdin::None);
         if let Err(e) = self.run(&params, None).await {
-            tracing::warn!(vmid = self.inner.vmid, error = %e, "could not remove transfer files");
+            tracing::warn!(vmid = %self.inner.vmid, error = %e, "could not remove transfer files");
         }
     }
 

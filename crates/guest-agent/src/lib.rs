@@ -7,7 +7,7 @@
 //! # async fn demo(client: pve_client::PveClient) -> guest_agent::Result<()> {
 //! use guest_agent::{ExecRequest, GuestAgent};
 //! use std::time::Duration;
-//! let vm = GuestAgent::new(client, "pve1", 100);
+//! let vm = GuestAgent::new(client, "pve1", pve_client::Vmid(100));
 //! vm.wait_ready(std::time::Instant::now() + Duration::from_secs(60)).await?;
 //! let out = vm
 //!     .exec(&ExecRequest::new(["sh", "-c", "echo hi; exit 3"]).timeout(Duration::from_secs(5)))
@@ -42,7 +42,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pve_client::{Params, PveClient};
+use pve_client::{Params, PveClient, Vmid};
 use serde::Deserialize;
 
 pub use error::{Error, Result};
@@ -64,7 +64,7 @@ pub struct GuestAgent {
 
 struct Inner {
     client: PveClient,
-    vmid: u32,
+    vmid: Vmid,
     /// `/nodes/{node}/qemu/{vmid}/agent`.
     base: String,
     workdir: String,
@@ -132,7 +132,7 @@ pub struct IpAddress {
 impl GuestAgent {
     /// A handle on VM `vmid` on `node`. Relative paths and the default cwd resolve against
     /// `/root` until [`GuestAgent::workdir`] says otherwise.
-    pub fn new(client: PveClient, node: &str, vmid: u32) -> Self {
+    pub fn new(client: PveClient, node: &str, vmid: Vmid) -> Self {
         GuestAgent {
             inner: Arc::new(Inner {
                 client,
@@ -192,7 +192,7 @@ impl GuestAgent {
     }
 
     /// The VM id.
-    pub fn vmid(&self) -> u32 {
+    pub fn vmid(&self) -> Vmid {
         self.inner.vmid
     }
 

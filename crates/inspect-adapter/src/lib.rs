@@ -309,7 +309,8 @@ impl Sandbox {
     /// PVE VM id.
     #[getter]
     fn vmid(&self) -> u32 {
-        self.vm.vmid()
+        // Python sees the number.
+        self.vm.vmid().0
     }
     /// PVE node.
     #[getter]

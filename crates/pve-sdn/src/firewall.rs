@@ -152,7 +152,7 @@ pub async fn cluster_firewall_enabled(client: &PveClient) -> Result<bool, SdnErr
 pub async fn vm_firewall(
     client: &PveClient,
     node: &str,
-    vmid: u32,
+    vmid: pve_client::Vmid,
     network: &Network,
 ) -> Result<FirewallReport, SdnError> {
     if network.zone.is_none() {

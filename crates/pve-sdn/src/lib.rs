@@ -16,7 +16,7 @@
 //! let net = create_network(&client, &spec, &ids, &NetworkOptions::default(), &reservations, &applier).await?;
 //! let bridge = net.first_vnet().unwrap(); // net0: virtio,bridge=<bridge>,firewall=1
 //! # let _ = bridge;
-//! vm_firewall(&client, "pve1", 101, &net).await?;
+//! vm_firewall(&client, "pve1", pve_client::Vmid(101), &net).await?;
 //! teardown(&client, &net, &reservations, &applier).await?;
 //! # Ok(()) }
 //! ```

@@ -35,7 +35,9 @@ async fn vm_firewall_isolates_and_egress_adds_the_group() {
         "the simulator starts with it off, like PVE"
     );
     env.sim.reset_requests();
-    let r = vm_firewall(c, common::NODE, 101, &net).await.unwrap();
+    let r = vm_firewall(c, common::NODE, pve_client::Vmid(101), &net)
+        .await
+        .unwrap();
     assert_eq!(r, FirewallReport { calls: 4, rules: 3 });
     assert_eq!(
         common::requests(&env.sim).len(),
@@ -71,7 +73,9 @@ async fn vm_firewall_isolates_and_egress_adds_the_group() {
         egress: Egress::Internet,
         ..net
     };
-    let e = vm_firewall(c, common::NODE, 102, &net).await.unwrap_err();
+    let e = vm_firewall(c, common::NODE, pve_client::Vmid(102), &net)
+        .await
+        .unwrap_err();
     assert!(
         e.to_string()
             .contains("security group 'pvesb-egress' does not exist"),
@@ -98,7 +102,9 @@ async fn vm_firewall_isolates_and_egress_adds_the_group() {
 
     // 102 got its options and three rules before the failure; a VM is set up once, so use a fresh one.
     env.sim.add_vm(VmSeed::vm(103, "c"));
-    let r = vm_firewall(c, common::NODE, 103, &net).await.unwrap();
+    let r = vm_firewall(c, common::NODE, pve_client::Vmid(103), &net)
+        .await
+        .unwrap();
     assert_eq!(r, FirewallReport { calls: 5, rules: 4 });
     let vm = &env.sim.firewall().vms[&103];
     assert_eq!(vm.rules[3]["type"], "group");
@@ -112,7 +118,7 @@ async fn vm_firewall_isolates_and_egress_adds_the_group() {
         egress: Egress::None,
     };
     assert_eq!(
-        vm_firewall(c, common::NODE, 101, &existing)
+        vm_firewall(c, common::NODE, pve_client::Vmid(101), &existing)
             .await
             .unwrap()
             .calls,

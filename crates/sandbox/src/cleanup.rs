@@ -89,7 +89,7 @@ async fn decide(client: &PveClient, vm: &OwnedVm, target: &CleanupTarget) -> Dec
             // only expiry); one GET, only for candidates.
             let record = client
                 .node(&vm.node)
-                .qemu(pve_client::Vmid(vm.vmid))
+                .qemu(vm.vmid)
                 .config()
                 .await
                 .ok()

@@ -138,7 +138,7 @@ pub enum EventKind {
         /// Sandbox name.
         vm: String,
         /// Its VM id.
-        vmid: u32,
+        vmid: pve_client::Vmid,
     },
     /// The sample's network is applied.
     NetworkReady {
@@ -152,7 +152,7 @@ pub enum EventKind {
         /// Sandbox name.
         vm: String,
         /// Its VM id.
-        vmid: u32,
+        vmid: pve_client::Vmid,
     },
     /// A sandbox's guest agent answered.
     AgentReady {

@@ -212,7 +212,7 @@ pub struct AttachedVm {
     /// Its sandbox name (`default`, `victim`).
     pub name: String,
     /// Its VM id.
-    pub vmid: u32,
+    pub vmid: pve_client::Vmid,
     /// The node it runs on.
     pub node: String,
     /// Exec and files inside it.

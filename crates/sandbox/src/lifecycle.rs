@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use guest_agent::{ExecOutput, ExecRequest, GuestAgent};
-use pve_client::PveClient;
+use pve_client::{PveClient, Vmid};
 use pve_sdn::{Egress, Network, NetworkIds, NetworkOptions, SdnError, SdnSpec};
 use pvesandbox_pool::{InstanceHandle, Lease, Needs};
 use pvesandbox_templates::{Progress, Template};
@@ -480,7 +480,7 @@ impl Run {
                         })
                         .await
                         .map_err(|e| (step.clone(), Error::from(e)))?;
-                lock(&state.vms).push((vmid.0, name.clone()));
+                lock(&state.vms).push((vmid, name.clone()));
                 let _ = first_tx.send(true);
                 client
                     .wait_task(&upid, pve_client::WaitOptions::with_timeout(CLONE_TIMEOUT))
@@ -491,7 +491,7 @@ impl Run {
                     &state.tracker,
                     EventKind::VmCloned {
                         vm: name.clone(),
-                        vmid: vmid.0,
+                        vmid,
                     },
                 );
                 let step = Step::Configure { vm: name.clone() };
@@ -528,26 +528,26 @@ impl Run {
                 )
                 .await
                 .map_err(|e| (step.clone(), Error::from(e)))?;
-                pve_sdn::vm_firewall(client, node, vmid.0, &network)
+                pve_sdn::vm_firewall(client, node, vmid, &network)
                     .await
                     .map_err(|e| (Step::Firewall { vm: name.clone() }, Error::from(e)))?;
-                vm::start(client, node, vmid.0)
+                vm::start(client, node, vmid)
                     .await
                     .map_err(|e| (Step::Start { vm: name.clone() }, Error::from(e)))?;
                 events.emit(
                     &state.tracker,
                     EventKind::VmStarted {
                         vm: name.clone(),
-                        vmid: vmid.0,
+                        vmid,
                     },
                 );
-                let mut agent = GuestAgent::new(client.clone(), node, vmid.0);
+                let mut agent = GuestAgent::new(client.clone(), node, vmid);
                 if let Some(u) = &vmc.user {
                     agent = agent.file_user(u.clone());
                 }
                 let vm = SandboxVm {
                     name: name.clone(),
-                    vmid: vmid.0,
+                    vmid,
                     node: node.to_owned(),
                     instance: inst.handle.id().to_owned(),
                     is_sandbox: vmc.is_sandbox,
@@ -697,7 +697,7 @@ pub(crate) struct Core {
     seq: u32,
     instance: String,
     handle: InstanceHandle,
-    vms: StdMutex<Vec<(u32, String)>>,
+    vms: StdMutex<Vec<(Vmid, String)>>,
     network: StdMutex<Option<Network>>,
     /// Held until the teardown succeeds: the sample's slot in the pool's capacity count.
     lease: StdMutex<Option<Lease>>,
@@ -715,7 +715,7 @@ pub struct SampleInfo {
     /// The instance it lives on.
     pub instance: String,
     /// `(vmid, sandbox name)` of every VM it made so far.
-    pub vms: Vec<(u32, String)>,
+    pub vms: Vec<(Vmid, String)>,
 }
 
 impl Core {
@@ -730,10 +730,10 @@ impl Core {
 
     /// The background retry the pool runs while the instance is quarantined: the same
     /// teardown, from ids alone.
-    fn retry(&self, vms: &[(u32, String)], zone: Option<String>) -> pvesandbox_pool::CleanupRetry {
+    fn retry(&self, vms: &[(Vmid, String)], zone: Option<String>) -> pvesandbox_pool::CleanupRetry {
         let client = self.handle.client().clone();
         let node = self.handle.node().to_owned();
-        let vmids: Vec<u32> = vms.iter().map(|(v, _)| *v).collect();
+        let vmids: Vec<Vmid> = vms.iter().map(|(v, _)| *v).collect();
         Arc::new(move || {
             let (client, node, vmids, zone) =
                 (client.clone(), node.clone(), vmids.clone(), zone.clone());
@@ -780,7 +780,7 @@ impl Core {
         .await;
         for ((vmid, name), r) in vms.iter().zip(results) {
             match r {
-                Ok(()) => self.handle.allocator().release(pve_client::Vmid(*vmid)),
+                Ok(()) => self.handle.allocator().release(*vmid),
                 Err(e) => failed.push(format!("{}/{vmid} ({name}): {e}", self.instance)),
             }
         }
@@ -827,7 +827,7 @@ impl Core {
         let node = client.node(self.handle.node());
         let vms = lock(&self.vms).clone();
         let jobs = vms.iter().map(|(vmid, _)| {
-            let vm = node.qemu(pve_client::Vmid(*vmid));
+            let vm = node.qemu(*vmid);
             async move {
                 let upid = if pause {
                     vm.suspend(false).await?
@@ -932,7 +932,7 @@ impl Sample {
         let client = self.core.handle.client();
         let node = client.node(&self.core.handle.config().node);
         for (vmid, name) in vms {
-            let vm = node.qemu(pve_client::Vmid(vmid));
+            let vm = node.qemu(vmid);
             let cfg = vm.config_current().await?;
             let description = cfg.get("description").unwrap_or_default();
             let Some(mut record) = OwnerRecord::parse(&description) else {
@@ -1036,7 +1036,7 @@ impl Sample {
 #[derive(Clone)]
 pub struct SandboxVm {
     name: String,
-    vmid: u32,
+    vmid: Vmid,
     node: String,
     instance: String,
     is_sandbox: bool,
@@ -1060,7 +1060,7 @@ impl SandboxVm {
         &self.name
     }
     /// VM id.
-    pub fn vmid(&self) -> u32 {
+    pub fn vmid(&self) -> Vmid {
         self.vmid
     }
     /// Node.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pve_client::{DestroyOptions, PveClient, Upid, WaitOptions};
+use pve_client::{DestroyOptions, PveClient, Upid, Vmid, WaitOptions};
 
 use crate::owner::{Tagged, parse_tags, parse_vm_name};
 
@@ -43,9 +43,9 @@ where
 pub(crate) async fn destroy(
     client: &PveClient,
     node: &str,
-    vmid: u32,
+    vmid: Vmid,
 ) -> Result<(), pve_client::Error> {
-    let q = client.node(node).qemu(pve_client::Vmid(vmid));
+    let q = client.node(node).qemu(vmid);
     let gone = |e: &pve_client::Error| e.is_not_found();
     match patiently(|| async { wait(client, q.stop().await?).await }).await {
         Ok(()) => {}
@@ -65,9 +65,9 @@ pub(crate) async fn destroy(
 pub(crate) async fn start(
     client: &PveClient,
     node: &str,
-    vmid: u32,
+    vmid: Vmid,
 ) -> Result<(), pve_client::Error> {
-    let q = client.node(node).qemu(pve_client::Vmid(vmid));
+    let q = client.node(node).qemu(vmid);
     patiently(|| async { wait(client, q.start().await?).await }).await
 }
 
@@ -75,7 +75,7 @@ pub(crate) async fn start(
 #[derive(Debug, Clone)]
 pub struct OwnedVm {
     /// Its id.
-    pub vmid: u32,
+    pub vmid: Vmid,
     /// The node it lives on.
     pub node: String,
     /// Its name.
@@ -114,7 +114,7 @@ pub(crate) async fn list_owned(client: &PveClient) -> Result<Vec<OwnedVm>, pve_c
                 },
             };
             Some(OwnedVm {
-                vmid: r.vmid?,
+                vmid: Vmid(r.vmid?),
                 node: r.node?,
                 name,
                 status: r.status.unwrap_or_default(),

@@ -59,7 +59,7 @@ async fn a_multi_vm_sample_runs_and_leaves_nothing() {
     // firewall flag, UEFI, agent off for the non-sandbox VM, isolation rules present.
     let zone = sample.zone().expect("an auto network has a zone");
     for vm in sample.sandboxes() {
-        let c = sim.sim().vm_config(vm.vmid()).unwrap();
+        let c = sim.sim().vm_config(vm.vmid().0).unwrap();
         let tags = &c["tags"];
         assert!(
             tags.contains("pvesandbox") && tags.contains(&format!("run-{}", task.run_id())),
@@ -77,7 +77,7 @@ async fn a_multi_vm_sample_runs_and_leaves_nothing() {
     }
     let third = sim
         .sim()
-        .vm_config(sample.get("third").unwrap().vmid())
+        .vm_config(sample.get("third").unwrap().vmid().0)
         .unwrap();
     assert_eq!(third.get("bios").map(String::as_str), Some("ovmf"));
     assert!(third.contains_key("efidisk0"));
@@ -209,7 +209,7 @@ async fn two_runs_on_one_host_never_touch_each_other() {
     assert_eq!((report.vms.len(), report.zones.len()), (1, 1), "{report:?}");
     // Run B is untouched and still works.
     let vm = sb.get("default").unwrap();
-    assert!(sim.sim().vm_running(vm.vmid()).unwrap());
+    assert!(sim.sim().vm_running(vm.vmid().0).unwrap());
     assert_eq!(vm.exec(sh("true")).await.unwrap().status, 0);
     let (running, _) = sim.sim().sdn();
     assert!(running.zones.contains_key(&sb.zone().unwrap()));
@@ -275,14 +275,14 @@ async fn renew_moves_the_expiry_in_tags_and_owner_record() {
         .unwrap();
     let sample = task.sample_init().await.unwrap();
     let vmid = sample.get("default").unwrap().vmid();
-    let before = sim.sim().vm_config(vmid).unwrap();
+    let before = sim.sim().vm_config(vmid.0).unwrap();
     let old = pvesandbox::OwnerRecord::parse(&before["description"]).unwrap();
     let new = old.expires + 7 * 24 * 3600;
     sample
         .renew(std::time::UNIX_EPOCH + std::time::Duration::from_secs(new))
         .await
         .unwrap();
-    let after = sim.sim().vm_config(vmid).unwrap();
+    let after = sim.sim().vm_config(vmid.0).unwrap();
     let record = pvesandbox::OwnerRecord::parse(&after["description"]).unwrap();
     assert_eq!(
         record,
@@ -368,7 +368,7 @@ async fn expired_resources_go_unless_their_owner_is_alive() {
     let sample = task.sample_init().await.unwrap();
     let vmid = sample.get("default").unwrap().vmid();
     let client = settings.instances[0].client().unwrap();
-    let vm = client.node("pve1").qemu(pve_client::Vmid(vmid));
+    let vm = client.node("pve1").qemu(vmid);
     let expire = |desc: Option<String>| {
         let mut p = pve_client::Params::new()
             .with("tags", format!("pvesandbox;run-{};exp-1", task.run_id()));
@@ -385,7 +385,8 @@ async fn expired_resources_go_unless_their_owner_is_alive() {
     assert_eq!((r.vms.len(), r.kept.len()), (0, 1), "{r:?}");
     // Expired and the owner is gone (another host): removed, with its network.
     let mut rec =
-        pvesandbox::OwnerRecord::parse(&sim.sim().vm_config(vmid).unwrap()["description"]).unwrap();
+        pvesandbox::OwnerRecord::parse(&sim.sim().vm_config(vmid.0).unwrap()["description"])
+            .unwrap();
     rec.host = "gone-host".into();
     vm.update_config(&expire(Some(rec.description())))
         .await

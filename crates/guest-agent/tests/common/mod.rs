@@ -87,7 +87,7 @@ pub async fn boot_vm(cfg: SimConfig) -> Env {
         .wait_task(&upid, WaitOptions::with_timeout(Duration::from_secs(30)))
         .await
         .unwrap();
-    let vm = GuestAgent::new(client.clone(), NODE, 100);
+    let vm = GuestAgent::new(client.clone(), NODE, pve_client::Vmid(100));
     vm.wait_ready(Instant::now() + Duration::from_secs(120))
         .await
         .expect("agent answers");
