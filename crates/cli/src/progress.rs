@@ -45,7 +45,7 @@ impl Bars {
     }
 
     /// The callback the lifecycle calls with `(instance, event)`.
-    pub fn callback(&self) -> pvesandbox::ProgressFn {
+    pub fn callback(&self) -> pvesandbox::TemplateProgressFn {
         let me = self.clone();
         Arc::new(move |instance: &str, p: &Progress| {
             let b = me.bar(&format!("{instance}/{}", p.key));

@@ -56,7 +56,9 @@ pub use error::{Error, ErrorKind};
 pub use eval::{EvalConfig, VmConfig, VmNicConfig};
 pub use events::{EventKind, SampleEvent, SampleState, Step};
 pub use fleet::{Attached, AttachedVm, Fleet, attach, locate};
-pub use lifecycle::{ProgressFn, Run, Sample, SampleInfo, SampleTimings, SandboxVm, TaskOptions};
+pub use lifecycle::{
+    Run, Sample, SampleInfo, SampleTimings, SandboxVm, TaskOptions, TemplateProgressFn,
+};
 pub use owner::{OwnerRecord, RunId, SampleId};
 pub use vm::OwnedVm;
 

@@ -35,8 +35,10 @@ use crate::fleet::Fleet;
 use crate::owner::{OwnerRecord, RunId, SampleId, vm_name};
 use crate::vm;
 
-/// Progress of long steps (template downloads and builds) as `(instance, event)`.
-pub type ProgressFn = Arc<dyn Fn(&str, &Progress) + Send + Sync>;
+/// Template downloads and builds as `(instance, event)`: the templates crate's progress,
+/// told which instance it is on. Samples report through their events instead
+/// ([`crate::Fleet::subscribe`]).
+pub type TemplateProgressFn = Arc<dyn Fn(&str, &Progress) + Send + Sync>;
 
 /// Options of [`Run::task_init`].
 #[derive(Default, Clone)]
@@ -44,7 +46,7 @@ pub struct TaskOptions {
     /// Reuse this run id (e.g. to resume cleanup; default: a fresh one).
     pub run: Option<RunId>,
     /// Called while templates are fetched and built.
-    pub progress: Option<ProgressFn>,
+    pub progress: Option<TemplateProgressFn>,
 }
 
 /// Wall time of each phase of one sample, for the demo's table and benchmarks; read from its
