@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use guest_agent::{ExecRequest, GuestAgent};
 use pvesandbox::owner::parse_vm_name;
-use pvesandbox::{CleanupReport, CleanupTarget, Error, EvalConfig, Run, RunId, Settings};
+use pvesandbox::{CleanupReport, CleanupTarget, Error, EvalConfig, Run, RunId, SampleId, Settings};
 
 /// What every command gets from the global flags.
 pub struct Ctx {
@@ -55,10 +55,14 @@ pub struct UpArgs {
 
 /// `exec`.
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["run", "sample"]))]
 pub struct ExecArgs {
     /// The run (as printed by `up` / `ls`).
     #[arg(long)]
-    pub run: RunId,
+    pub run: Option<RunId>,
+    /// Or one sample of a run, by its id (`s<sample>.<run>`, as `up` prints it).
+    #[arg(long)]
+    pub sample: Option<SampleId>,
     /// The sandbox: its name, or `<name>.s<sample>` for one sample's when the run has several
     /// (what Inspect's running-samples panel shows).
     #[arg(long, default_value = "default")]
@@ -86,9 +90,9 @@ pub struct ExecArgs {
 /// `cp`.
 #[derive(Args, Debug)]
 pub struct CpArgs {
-    /// Source: a local path or `RUN:VM:/path`.
+    /// Source: a local path, `RUN:VM:/path` or `SAMPLE:VM:/path`.
     pub from: String,
-    /// Destination: a local path or `RUN:VM:/path`.
+    /// Destination: a local path, `RUN:VM:/path` or `SAMPLE:VM:/path`.
     pub to: String,
 }
 
@@ -163,10 +167,14 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
     if ctx.json {
         println!(
             "{}",
-            serde_json::json!({"run": task.run_id().as_str(), "sandboxes": vms})
+            serde_json::json!({
+                "run": task.run_id().as_str(),
+                "sample": sample.id().to_string(),
+                "sandboxes": vms,
+            })
         );
     } else {
-        println!("run {}", task.run_id());
+        println!("run {} (sample {})", task.run_id(), sample.id());
         for v in sample.sandboxes() {
             println!(
                 "  {:<12} vm {} on {}/{}",
@@ -177,8 +185,8 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
             );
         }
         println!(
-            "exec: pvesandbox exec --run {} -- uname -a\nremove: pvesandbox down {}",
-            task.run_id(),
+            "exec: pvesandbox exec --sample {} -- uname -a\nremove: pvesandbox down {}",
+            sample.id(),
             task.run_id()
         );
     }
@@ -187,9 +195,33 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<i32, Error> {
     Ok(0)
 }
 
-/// A sandbox of a run, found from PVE state: `name` (the first sample having it) or
-/// `name.s<sample>`.
-async fn find(settings: &Settings, run: &RunId, name: &str) -> Result<GuestAgent, Error> {
+/// Where a command goes: a run (any of its samples) or one sample.
+#[derive(Debug, Clone)]
+enum Target {
+    Run(RunId),
+    Sample(SampleId),
+}
+
+impl Target {
+    /// `s<sample>.<run>` is a sample, anything else must be a run id.
+    fn parse(s: &str) -> Option<Target> {
+        match s.parse::<SampleId>() {
+            Ok(id) => Some(Target::Sample(id)),
+            Err(_) => s.parse().ok().map(Target::Run),
+        }
+    }
+}
+
+/// A sandbox, found from PVE state: in a run by `name` (the first sample having it) or
+/// `name.s<sample>`; in a sample by `name`.
+async fn find(settings: &Settings, target: &Target, name: &str) -> Result<GuestAgent, Error> {
+    let run = match target {
+        Target::Sample(id) => {
+            let sample = pvesandbox::attach(&settings.instances, id).await?;
+            return Ok(sample.get(name)?.agent.clone());
+        }
+        Target::Run(run) => run,
+    };
     let samples = pvesandbox::locate(&settings.instances, run).await?;
     if samples.is_empty() {
         return Err(Error::NoSuchRun {
@@ -214,7 +246,18 @@ async fn find(settings: &Settings, run: &RunId, name: &str) -> Result<GuestAgent
 /// `exec`.
 pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, Error> {
     let settings = ctx.proxmox_settings()?;
-    let agent = find(&settings, &a.run, &a.vm).await?;
+    let target = match (a.run, a.sample) {
+        (_, Some(id)) => Target::Sample(id),
+        (Some(run), None) => Target::Run(run),
+        (None, None) => {
+            return Err(Error::Config {
+                field: "--run".into(),
+                value: String::new(),
+                fix: "name the run (--run) or one sample (--sample)".into(),
+            });
+        }
+    };
+    let agent = find(&settings, &target, &a.vm).await?;
     let mut req = ExecRequest::new(a.argv);
     if let Some(u) = a.user {
         req = req.user(u);
@@ -264,11 +307,11 @@ pub async fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32, Error> {
     Ok(out.status)
 }
 
-/// `RUN:VM:/path`, or `None` for a local path.
-fn remote(spec: &str) -> Option<(RunId, String, String)> {
-    let (run, rest) = spec.split_once(':')?;
+/// `RUN:VM:/path` or `SAMPLE:VM:/path`, or `None` for a local path.
+fn remote(spec: &str) -> Option<(Target, String, String)> {
+    let (target, rest) = spec.split_once(':')?;
     let (vm, path) = rest.split_once(':')?;
-    Some((run.parse().ok()?, vm.to_owned(), path.to_owned()))
+    Some((Target::parse(target)?, vm.to_owned(), path.to_owned()))
 }
 
 /// `cp`.

@@ -73,6 +73,12 @@ async fn up_ls_exec_cp_down() {
                 "echo hi from $(hostname)",
             ]);
             let fail = cli.run(&["exec", "--run", run.as_str(), "--", "sh", "-c", "exit 7"]);
+            // A fresh process attaches to the sample by its id string alone.
+            let sample = up["sample"].as_str().unwrap().to_owned();
+            let by_id = cli.ok(&["exec", "--sample", &sample, "--", "hostname"]);
+            assert_eq!(by_id.trim(), format!("default.{sample}"));
+            let none = cli.run(&["exec", "--sample", &format!("s9.{run}"), "--", "true"]);
+            assert_eq!(none.status.code(), Some(3), "no such sample: exit 3");
             let local = dir.path().join("in.bin");
             std::fs::write(&local, [0u8, 1, 2, 255]).unwrap();
             let remote = format!("{run}:default:/root/in.bin");
