@@ -301,7 +301,8 @@ async fn locate_with(clients: &[(String, PveClient)], run: &RunId) -> Result<Vec
 }
 
 impl Fleet {
-    /// The live sample `id`, whichever process made it, through the fleet's clients.
+    /// The live sample `id`, whichever process made it, through the fleet's clients. One this
+    /// fleet did not make counts against its instance's capacity while the handle lives.
     pub async fn attach(&self, id: &SampleId) -> Result<Attached, Error> {
         let clients: Vec<_> = self
             .inner
@@ -310,6 +311,10 @@ impl Fleet {
             .map(|(k, i)| (k.clone(), i.handle.client().clone()))
             .collect();
         let mut found = pick(locate_with(&clients, &id.run).await?, id)?;
+        // One of our own samples already holds its lease.
+        if self.sample(id).is_some() {
+            return Ok(found);
+        }
         let needs = pvesandbox_pool::Needs {
             ram_mb: found.vms.iter().map(|v| v.memory_mb).sum(),
             vcpus: found.vms.iter().map(|v| v.cores).sum(),
