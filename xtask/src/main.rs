@@ -269,6 +269,16 @@ mod tidy {
         out
     }
 
+    /// The crates below the sandbox (directory names).
+    const LIBRARIES: [&str; 6] = [
+        "pve-client",
+        "pve-sim",
+        "pve-sdn",
+        "guest-agent",
+        "pool",
+        "templates",
+    ];
+
     #[test]
     fn dependencies_flow_one_way() {
         let read =
@@ -312,14 +322,7 @@ mod tidy {
             ],
             "pvesandbox sits on every library"
         );
-        for lib in [
-            "pve-client",
-            "pve-sim",
-            "pve-sdn",
-            "guest-agent",
-            "pool",
-            "templates",
-        ] {
+        for lib in LIBRARIES {
             assert!(
                 !our_deps(&read(lib)).contains(&"pvesandbox".to_owned()),
                 "{lib} must not depend on the sandbox"
@@ -339,17 +342,10 @@ mod tidy {
             ],
             "pvesandbox-cli is a front end over the library"
         );
-        for c in [
-            "pve-client",
-            "pve-sim",
-            "pve-sdn",
-            "guest-agent",
-            "pool",
-            "templates",
-            "sandbox",
-            "inspect-adapter",
-            "e2e",
-        ] {
+        for c in LIBRARIES
+            .iter()
+            .chain(&["sandbox", "inspect-adapter", "e2e"])
+        {
             assert!(
                 !our_deps(&read(c)).contains(&"pvesandbox-cli".to_owned()),
                 "{c} must not depend on the CLI"

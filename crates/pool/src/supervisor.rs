@@ -170,25 +170,31 @@ impl PoolSupervisor {
                 continue;
             };
             let w = self.waiters.remove(i).expect("index checked");
-            let slot = &mut self.slots[idx];
-            slot.used.max_samples += 1;
-            slot.used.ram_mb += w.needs.ram_mb;
-            slot.used.vcpus += w.needs.vcpus;
-            let lease = Lease {
-                id: self.next_lease,
-                slot: idx,
-                pool: w.pool,
-                needs: w.needs,
-                instance: slot.handle.clone(),
-                supervisor: Some(ctx.address()),
-            };
-            self.next_lease += 1;
+            let lease = self.grant(idx, w.needs, ctx);
             if let Err(mut lease) = w.tx.send(lease) {
                 // The caller gave up between our check and the send: take the slot back.
                 lease.supervisor = None;
                 self.give_back(idx, lease.needs);
             }
         }
+    }
+
+    /// Counts `n` on slot `idx` and hands out the lease that gives it back.
+    fn grant(&mut self, idx: usize, n: Needs, ctx: &mut Context<Self>) -> Lease {
+        let slot = &mut self.slots[idx];
+        slot.used.max_samples += 1;
+        slot.used.ram_mb += n.ram_mb;
+        slot.used.vcpus += n.vcpus;
+        let lease = Lease {
+            id: self.next_lease,
+            slot: idx,
+            pool: slot.pool.clone(),
+            needs: n,
+            instance: slot.handle.clone(),
+            supervisor: Some(ctx.address()),
+        };
+        self.next_lease += 1;
+        lease
     }
 
     fn give_back(&mut self, idx: usize, n: Needs) {
@@ -307,20 +313,7 @@ impl Handler<Adopt> for PoolSupervisor {
                 message: format!("{:?} is not an instance of this pool", msg.instance),
             }));
         };
-        let slot = &mut self.slots[idx];
-        slot.used.max_samples += 1;
-        slot.used.ram_mb += msg.needs.ram_mb;
-        slot.used.vcpus += msg.needs.vcpus;
-        let lease = Lease {
-            id: self.next_lease,
-            slot: idx,
-            pool: slot.pool.clone(),
-            needs: msg.needs,
-            instance: slot.handle.clone(),
-            supervisor: Some(ctx.address()),
-        };
-        self.next_lease += 1;
-        MessageResult(Ok(lease))
+        MessageResult(Ok(self.grant(idx, msg.needs, ctx)))
     }
 }
 
