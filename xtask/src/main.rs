@@ -259,6 +259,7 @@ mod tidy {
                     "pvesandbox-templates",
                     "pvesandbox",
                     "pvesandbox-cli",
+                    "pvesandbox-server",
                 ]
                 .contains(&n)
                 {
@@ -328,16 +329,32 @@ mod tidy {
                 "{lib} must not depend on the sandbox"
             );
         }
-        // The CLI is a front end: the library, the types its commands print, and the
-        // simulator it serves (`pvesandbox sim`); nothing depends on it.
+        // The server is a front end over the library (and the types its wire form converts);
+        // only the CLI, which starts it, depends on it.
+        let mut server = our_deps(&read("server"));
+        server.sort();
+        assert_eq!(
+            server,
+            [
+                "guest-agent",
+                "pve-client",
+                "pvesandbox",
+                "pvesandbox-templates"
+            ],
+            "pvesandbox-server is a front end over the library"
+        );
+        // The CLI is a front end: the library, the types its commands print, the simulator
+        // it serves (`pvesandbox sim`) and the server it starts; nothing depends on it.
         let mut cli = our_deps(&read("cli"));
         cli.sort();
         assert_eq!(
             cli,
             [
                 "guest-agent",
+                "pve-client",
                 "pve-sim",
                 "pvesandbox",
+                "pvesandbox-server",
                 "pvesandbox-templates"
             ],
             "pvesandbox-cli is a front end over the library"
@@ -346,9 +363,11 @@ mod tidy {
             .iter()
             .chain(&["sandbox", "inspect-adapter", "e2e"])
         {
+            let deps = our_deps(&read(c));
             assert!(
-                !our_deps(&read(c)).contains(&"pvesandbox-cli".to_owned()),
-                "{c} must not depend on the CLI"
+                !deps.contains(&"pvesandbox-cli".to_owned())
+                    && !deps.contains(&"pvesandbox-server".to_owned()),
+                "{c} must not depend on a front end"
             );
         }
         // ---- Inspect AI adapter ----

@@ -11,6 +11,7 @@ mod commands;
 mod demo;
 mod doctor;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,9 @@ enum Command {
     Doctor,
     /// Serve the Proxmox VE simulator on loopback (for trying clients by hand).
     Sim(commands::SimArgs),
+    /// Serve OpenSandbox's API (lifecycle and execd) over Proxmox VMs; on the embedded
+    /// simulator when no Proxmox is configured. The API key comes from OPEN_SANDBOX_API_KEY.
+    Serve(serve::ServeArgs),
 }
 
 fn init_logs(verbose: u8) {
@@ -99,6 +103,7 @@ fn main() {
             Command::Gc(a) => commands::gc(&ctx, a).await,
             Command::Doctor => doctor::run(&ctx).await,
             Command::Sim(a) => commands::sim(a).await,
+            Command::Serve(a) => serve::run(&ctx, a).await,
         };
         match r {
             Ok(code) => code,

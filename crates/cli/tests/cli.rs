@@ -258,3 +258,88 @@ async fn sim_serves_a_seeded_world_and_sigterm_removes_its_guests() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// `pvesandbox serve` on a fresh machine: one command, no Proxmox configured, the embedded
+/// simulator underneath; it refuses to run without a key unless told, answers OpenSandbox's
+/// create, and on SIGTERM removes what it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_starts_on_the_embedded_simulator_with_one_command() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    if !guests_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bare = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_pvesandbox"));
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TMPDIR", dir.path())
+            .env("PVESANDBOX_IMAGES__CACHE_DIR", dir.path().join("cache"))
+            .kill_on_drop(true);
+        c
+    };
+    let refused = bare(&["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("serve.api_keys"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let mut child = bare(&["serve", "--listen", "127.0.0.1:0"])
+        .env("OPEN_SANDBOX_API_KEY", "k")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut domain = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(rest) = line.strip_prefix("export OPEN_SANDBOX_DOMAIN=") {
+            domain = rest.split(' ').next().map(str::to_owned);
+            break;
+        }
+    }
+    let base = format!("http://{}", domain.expect("the export line"));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/sandboxes"))
+        .header("OPEN-SANDBOX-API-KEY", "k")
+        .json(&serde_json::json!({"image": {"uri": "debian13"}, "resourceLimits": {"memory": "512Mi"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().expect("an id").to_owned();
+    loop {
+        let s: serde_json::Value = http
+            .get(format!("{base}/v1/sandboxes/{id}"))
+            .header("OPEN-SANDBOX-API-KEY", "k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match s["status"]["state"].as_str() {
+            Some("Running") => break,
+            Some("Pending") => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            other => panic!("{other:?}: {s}"),
+        }
+    }
+    let pid = child.id().unwrap() as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -122,6 +122,25 @@ impl Fleet {
         Run::start(self.clone(), eval, opts).await
     }
 
+    /// A new run id whose key no live run on pool `pool_id` uses: network ids embed only the
+    /// run's 4-character key (one listing per instance; a few draws at most, 36⁴ keys). For
+    /// callers that must name a run before starting it ([`TaskOptions::run`]).
+    pub async fn fresh_run_id(&self, pool_id: &str) -> Result<RunId, Error> {
+        let mut run = RunId::random();
+        for _ in 0..8 {
+            let mut taken = false;
+            for m in self.members(pool_id) {
+                let zones = pve_sdn::list_owned_zones(m.handle.client()).await?;
+                taken |= zones.iter().any(|(_, key, _)| key == run.key());
+            }
+            if !taken {
+                break;
+            }
+            run = RunId::random();
+        }
+        Ok(run)
+    }
+
     /// Whether `other` is a clone of this fleet (the same pool).
     pub fn same_as(&self, other: &Fleet) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)

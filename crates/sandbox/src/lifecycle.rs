@@ -179,21 +179,10 @@ impl Run {
                 ),
             });
         }
-        let mut run = opts.run.clone().unwrap_or_else(RunId::random);
-        // Network ids embed only the run's 4-character key; make sure no live run shares it.
-        if opts.run.is_none() {
-            for _ in 0..8 {
-                let mut taken = false;
-                for m in &members {
-                    let zones = pve_sdn::list_owned_zones(m.handle.client()).await?;
-                    taken |= zones.iter().any(|(_, key, _)| key == run.key());
-                }
-                if !taken {
-                    break;
-                }
-                run = RunId::random();
-            }
-        }
+        let run = match opts.run.clone() {
+            Some(run) => run,
+            None => fleet.fresh_run_id(&eval.instance_pool_id).await?,
+        };
         let jobs = members.iter().map(|m| {
             let eval = &eval;
             let progress = opts.progress.clone();

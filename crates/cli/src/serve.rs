@@ -1,0 +1,96 @@
+//! `pvesandbox serve`: the OpenSandbox-compatible server, on the configured Proxmox or, when
+//! none is configured, on the embedded simulator with process guests (so it starts on a fresh
+//! machine with one command).
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use pve_client::Secret;
+use pvesandbox::{Error, Fleet};
+use pvesandbox_server::{ServeOptions, Server};
+
+use crate::commands::Ctx;
+
+/// The variable the API key is read from: the one OpenSandbox's SDK and CLI read on the
+/// client side, so one export serves both on one machine. A key on the command line would be
+/// visible to every user in `ps`.
+const API_KEY_ENV: &str = "OPEN_SANDBOX_API_KEY";
+
+/// `serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Serve without an API key (only on loopback).
+    #[arg(long)]
+    pub unauthenticated: bool,
+    /// `host:port` clients reach this server at, for the endpoints it hands out (default: the
+    /// listen address).
+    #[arg(long)]
+    pub public_address: Option<String>,
+    /// With the embedded simulator: scale of its realistic task durations.
+    #[arg(long, default_value_t = 0.05)]
+    pub time_factor: f64,
+}
+
+/// Serves until Ctrl-C or SIGTERM, then removes every sandbox it made.
+pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<i32, Error> {
+    let mut settings = ctx.settings()?;
+    let mut sim = None;
+    if !settings.has_proxmox() {
+        let s = pvesandbox::embedded::start_demo_sim(a.time_factor).await?;
+        settings = s.settings(settings)?;
+        // A server holds many sandboxes; the simulator's node has room for them.
+        settings.instances[0].max_samples = Some(16);
+        eprintln!(
+            "No Proxmox configured (PROXMOX_HOST / PROXMOX_CONFIG_FILE): serving the embedded simulator at {} (images: debian13)",
+            s.sim().url()
+        );
+        sim = Some(s);
+    }
+    let api_keys: Vec<Secret> = std::env::var(API_KEY_ENV)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .map(Secret::new)
+        .into_iter()
+        .collect();
+    let fleet = Fleet::start(settings).await?;
+    let server = Server::start(
+        fleet,
+        ServeOptions {
+            listen: a.listen,
+            api_keys,
+            unauthenticated: a.unauthenticated,
+            public_address: a.public_address,
+            ..Default::default()
+        },
+    )
+    .await?;
+    println!(
+        "pvesandbox serve: OpenSandbox API on http://{}/v1",
+        server.local_addr()
+    );
+    println!(
+        "export OPEN_SANDBOX_DOMAIN={} OPEN_SANDBOX_PROTOCOL=http",
+        server.local_addr()
+    );
+    if a.unauthenticated {
+        println!("# no API key: anyone on this machine may create sandboxes");
+    } else {
+        println!("# clients send the key in {API_KEY_ENV} (OPEN-SANDBOX-API-KEY header)");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| Error::Io {
+            what: "installing a SIGTERM handler".into(),
+            source,
+        })?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("stopping: removing this server's sandboxes");
+    server.stop().await?;
+    drop(sim);
+    Ok(0)
+}

@@ -1,0 +1,618 @@
+//! Every route the server answers, one row each in [`router`]: OpenSandbox's lifecycle API
+//! under `/v1` (API key), and each sandbox's execd (`proxy/44772`) and egress
+//! (`proxy/18080`) endpoints (the sandbox's token, or an API key).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use guest_agent::ExecRequest;
+
+use crate::auth::{Auth, TOKEN_HEADER};
+use crate::error::ApiError;
+use crate::sandboxes::{Entry, Sandboxes, sandbox_vm};
+use crate::wire;
+
+/// What every handler shares.
+pub struct App {
+    pub(crate) sandboxes: Arc<Sandboxes>,
+    pub(crate) auth: Auth,
+    /// `host:port` clients reach the server at, for endpoint answers.
+    pub(crate) public: String,
+    /// Whether sandboxes reach the internet (the settings' `run.egress`).
+    pub(crate) egress: bool,
+}
+
+type Shared = State<Arc<App>>;
+
+/// The execd port OpenSandbox's SDK asks an endpoint for.
+const EXECD_PORT: u16 = 44772;
+/// The egress sidecar's port.
+const EGRESS_PORT: u16 = 18080;
+
+/// The routes.
+pub fn router(app: Arc<App>) -> Router {
+    let proxy = "/v1/sandboxes/{id}/proxy";
+    Router::new()
+        .route("/v1/sandboxes", post(create).get(list))
+        .route("/v1/sandboxes/{id}", get(get_one).delete(delete))
+        .route("/v1/sandboxes/{id}/pause", post(pause))
+        .route("/v1/sandboxes/{id}/resume", post(resume))
+        .route("/v1/sandboxes/{id}/renew-expiration", post(renew))
+        .route("/v1/sandboxes/{id}/endpoints/{port}", get(endpoint))
+        // The SDK reports create timings here, fire-and-forget.
+        .route(
+            "/v1/metrics/events",
+            post(|| async { StatusCode::NO_CONTENT }),
+        )
+        .route(&format!("{proxy}/{EXECD_PORT}/ping"), get(ping))
+        .route(&format!("{proxy}/{EXECD_PORT}/command"), post(command))
+        .route(&format!("{proxy}/{EXECD_PORT}/files/upload"), post(upload))
+        .route(
+            &format!("{proxy}/{EXECD_PORT}/files/download"),
+            get(download),
+        )
+        .route(&format!("{proxy}/{EGRESS_PORT}/policy"), get(policy))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "NOT_FOUND",
+                message: "no such route".into(),
+            }
+        })
+        .with_state(app)
+}
+
+impl App {
+    fn key(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.auth.key_ok(headers) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "missing or wrong OPEN-SANDBOX-API-KEY",
+            ))
+        }
+    }
+
+    /// The sandbox `id`, if the request may use its endpoints.
+    fn endpoint_of(&self, id: &str, headers: &HeaderMap) -> Result<Arc<Entry>, ApiError> {
+        if !self.auth.token_ok(id, headers) {
+            return Err(ApiError::unauthorized(&format!(
+                "missing or wrong {TOKEN_HEADER}: use the headers of GET /v1/sandboxes/{id}/endpoints/{EXECD_PORT}"
+            )));
+        }
+        self.sandboxes.get(id)
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", e))
+}
+
+async fn create(State(app): Shared, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    app.key(&headers)?;
+    let req: wire::CreateSandboxRequest = json_body(&body)?;
+    let entry = app.sandboxes.create(req).await?;
+    let location = format!("/v1/sandboxes/{}", entry.id);
+    let mut res = (StatusCode::ACCEPTED, Json(entry.wire())).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// The page size when none is asked for, and the most one page holds (the spec's).
+const PAGE_SIZE: (usize, usize) = (20, 200);
+
+async fn list(
+    State(app): Shared,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Json<wire::ListSandboxesResponse>, ApiError> {
+    app.key(&headers)?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let mut states = Vec::new();
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    let (mut page, mut size) = (1usize, PAGE_SIZE.0);
+    for (k, v) in pairs {
+        match k.as_str() {
+            "state" => states.push(v),
+            // One value: `k=v&k2=v2`, URL-encoded once more (ANDed).
+            "metadata" => wanted.extend(
+                serde_urlencoded::from_str::<Vec<(String, String)>>(&v)
+                    .map_err(|e| ApiError::invalid("metadata", e))?,
+            ),
+            "page" => {
+                page = v
+                    .parse()
+                    .ok()
+                    .filter(|p| *p >= 1)
+                    .ok_or_else(|| ApiError::invalid("page", "an integer ≥ 1"))?
+            }
+            "pageSize" => {
+                size = v
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=PAGE_SIZE.1).contains(s))
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "pageSize",
+                            format!("an integer from 1 to {}", PAGE_SIZE.1),
+                        )
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let all: Vec<wire::Sandbox> = app
+        .sandboxes
+        .all()
+        .iter()
+        .map(|e| e.wire())
+        .filter(|s| states.is_empty() || states.iter().any(|w| w == s.status.state))
+        .filter(|s| wanted.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
+        .collect();
+    let total = all.len();
+    let pages = total.div_ceil(size);
+    let items = all.into_iter().skip((page - 1) * size).take(size).collect();
+    Ok(Json(wire::ListSandboxesResponse {
+        items,
+        pagination: wire::Pagination {
+            page,
+            page_size: size,
+            total_items: total,
+            total_pages: pages,
+            has_next_page: page < pages,
+        },
+    }))
+}
+
+async fn get_one(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<wire::Sandbox>, ApiError> {
+    app.key(&headers)?;
+    Ok(Json(app.sandboxes.get(&id)?.wire()))
+}
+
+async fn delete(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.key(&headers)?;
+    app.sandboxes.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pause and resume finish before they answer (a VM pauses in about a second), so the next
+/// call sees `Paused` or `Running`, never a half-done state.
+async fn pause(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.key(&headers)?;
+    let entry = app.sandboxes.get(&id)?;
+    let sample = entry.sample().ok_or_else(|| {
+        ApiError::conflict(format!(
+            "sandbox {id} is {}; only a running one pauses",
+            entry.state()
+        ))
+    })?;
+    sample.pause().await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn resume(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.key(&headers)?;
+    let entry = app.sandboxes.get(&id)?;
+    let sample = entry.sample().ok_or_else(|| {
+        ApiError::conflict(format!(
+            "sandbox {id} is {}; only a paused one resumes",
+            entry.state()
+        ))
+    })?;
+    sample.resume().await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn renew(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<wire::Expiration>, ApiError> {
+    app.key(&headers)?;
+    let req: wire::Expiration = json_body(&body)?;
+    let at: jiff::Timestamp = req
+        .expires_at
+        .parse()
+        .map_err(|e| ApiError::invalid("expiresAt", format!("not RFC 3339: {e}")))?;
+    app.sandboxes.renew(&id, SystemTime::from(at)).await?;
+    Ok(Json(wire::Expiration {
+        expires_at: crate::sandboxes::rfc3339(SystemTime::from(at)),
+    }))
+}
+
+async fn endpoint(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path((id, port)): Path<(String, String)>,
+) -> Result<Json<wire::Endpoint>, ApiError> {
+    app.key(&headers)?;
+    app.sandboxes.get(&id)?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ApiError::invalid("port", "1 to 65535"))?;
+    if port != EXECD_PORT && port != EGRESS_PORT {
+        return Err(ApiError::invalid(
+            "port",
+            format!(
+                "{port}: only {EXECD_PORT} (execd) and {EGRESS_PORT} (egress) are served; a VM's own ports are not reachable from here"
+            ),
+        ));
+    }
+    Ok(Json(wire::Endpoint {
+        endpoint: format!("{}/v1/sandboxes/{id}/proxy/{port}", app.public),
+        headers: BTreeMap::from([(TOKEN_HEADER.to_owned(), app.auth.token(&id))]),
+    }))
+}
+
+/// 200 once the sandbox's agent answers; 504 before (the SDK polls every 200 ms and treats
+/// 503 as a reason for backoff and warnings, 504 as "not yet").
+async fn ping(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    let not_ready = |why: String| ApiError {
+        status: StatusCode::GATEWAY_TIMEOUT,
+        code: "SANDBOX_NOT_READY",
+        message: why,
+    };
+    let Some(sample) = entry.sample() else {
+        return Err(not_ready(format!("sandbox {id} is {}", entry.state())));
+    };
+    if entry.state() != "Running" {
+        return Err(not_ready(format!("sandbox {id} is {}", entry.state())));
+    }
+    let vm = sandbox_vm(&sample)?;
+    vm.agent()
+        .ping()
+        .await
+        .map_err(|e| not_ready(e.to_string()))?;
+    Ok(StatusCode::OK)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn event(kind: &'static str) -> wire::StreamEvent {
+    wire::StreamEvent {
+        kind,
+        timestamp: now_ms(),
+        text: None,
+        execution_time: None,
+        error: None,
+    }
+}
+
+fn sse(ev: &wire::StreamEvent) -> Event {
+    Event::default().data(serde_json::to_string(ev).unwrap_or_default())
+}
+
+/// One command, as execd's SSE: `init` with the execution id, one `stdout`/`stderr` event per
+/// line, then `execution_complete`, or `error` with the exit code in `evalue` (`-1` for a
+/// timeout), and the stream ends. The output arrives when the command ends: the guest agent
+/// reports it then.
+async fn command(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    let req: wire::RunCommand = json_body(&body)?;
+    let argv = match (req.argv, req.command) {
+        (Some(a), _) if !a.is_empty() => a,
+        (_, Some(c)) => vec!["sh".to_owned(), "-c".to_owned(), c],
+        _ => {
+            return Err(ApiError::invalid(
+                "command",
+                "give command (a shell line) or argv",
+            ));
+        }
+    };
+    if req.background {
+        return Err(ApiError::invalid(
+            "background",
+            "background commands are not served yet",
+        ));
+    }
+    let sample = entry
+        .sample()
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let mut exec = ExecRequest::new(argv);
+    for (k, v) in entry.env.iter().chain(&req.envs) {
+        exec = exec.env(k.clone(), v);
+    }
+    if let Some(c) = req.cwd {
+        exec = exec.cwd(c);
+    }
+    if let Some(ms) = req.timeout {
+        exec = exec.timeout(Duration::from_millis(ms.max(1)));
+    }
+    let exec_id = format!("{:016x}", rand::random::<u64>());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<wire::StreamEvent>();
+    let mut init = event("init");
+    init.text = Some(exec_id);
+    let _ = tx.send(init);
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let r = match sandbox_vm(&sample) {
+            Ok(vm) => vm.exec(exec).await,
+            Err(e) => Err(e),
+        };
+        let error = |evalue: String, trace: String| {
+            let mut ev = event("error");
+            ev.error = Some(wire::StreamError {
+                ename: "CommandExecError",
+                evalue,
+                traceback: vec![trace],
+            });
+            ev
+        };
+        match r {
+            Ok(out) => {
+                for (kind, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+                    for line in String::from_utf8_lossy(bytes).lines() {
+                        let mut ev = event(kind);
+                        ev.text = Some(line.to_owned());
+                        let _ = tx.send(ev);
+                    }
+                }
+                if out.status == 0 {
+                    let mut ev = event("execution_complete");
+                    ev.execution_time = Some(started.elapsed().as_millis() as u64);
+                    let _ = tx.send(ev);
+                } else {
+                    let _ = tx.send(error(
+                        out.status.to_string(),
+                        format!("exit status {}", out.status),
+                    ));
+                }
+            }
+            Err(pvesandbox::Error::Agent(guest_agent::Error::Timeout {
+                stdout, stderr, ..
+            })) => {
+                for (kind, bytes) in [("stdout", &stdout), ("stderr", &stderr)] {
+                    for line in String::from_utf8_lossy(bytes).lines() {
+                        let mut ev = event(kind);
+                        ev.text = Some(line.to_owned());
+                        let _ = tx.send(ev);
+                    }
+                }
+                let _ = tx.send(error("-1".into(), "killed: timeout".into()));
+            }
+            Err(e) => {
+                let _ = tx.send(error(e.to_string(), e.to_string()));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|ev| (Ok(sse(&ev)), rx))
+    });
+    Ok(Sse::new(stream))
+}
+
+/// Octal digits written as a decimal number (`755`), as the SDK sends a mode.
+fn mode_text(mode: u32) -> Result<String, ApiError> {
+    let text = mode.to_string();
+    if text.len() > 4 || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(ApiError::invalid(
+            "metadata.mode",
+            format!("{mode}: octal digits, e.g. 644"),
+        ));
+    }
+    Ok(text)
+}
+
+/// `POST files/upload`: multipart pairs of a `metadata` part (`{path, mode}`) and a `file`
+/// part; parent directories are created.
+async fn upload(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> Result<StatusCode, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    let sample = entry
+        .sample()
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let vm = sandbox_vm(&sample)?;
+    let mut meta: Option<wire::UploadMeta> = None;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::invalid("multipart", e))?
+    {
+        match field.name() {
+            Some("metadata") => {
+                let bytes = field
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::invalid("metadata", e))?;
+                meta = Some(json_body(&bytes)?);
+            }
+            Some("file") => {
+                let m = meta.take().ok_or_else(|| {
+                    ApiError::invalid("multipart", "a file part must follow its metadata part")
+                })?;
+                let bytes = field
+                    .bytes()
+                    .await
+                    .map_err(|e| ApiError::invalid("file", e))?;
+                vm.write_file(&m.path, &bytes).await?;
+                if let Some(mode) = m.mode {
+                    let out = vm
+                        .exec(
+                            ExecRequest::new([
+                                "chmod".to_owned(),
+                                mode_text(mode)?,
+                                m.path.clone(),
+                            ])
+                            .user("root"),
+                        )
+                        .await?;
+                    if !out.success() {
+                        return Err(ApiError::invalid(
+                            "metadata.mode",
+                            String::from_utf8_lossy(&out.stderr).trim(),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(StatusCode::OK)
+}
+
+/// `GET files/download?path=`: the bytes, or the part a `Range: bytes=a-b` (or `offset` and
+/// `limit`) asks for with 206.
+async fn download(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let path = get("path").ok_or_else(|| ApiError::invalid("path", "required"))?;
+    let sample = entry
+        .sample()
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let data = sandbox_vm(&sample)?.read_file(&path, None).await?;
+    let len = data.len() as u64;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) => Some(parse_range(r, len)?),
+        None => match (get("offset"), get("limit")) {
+            (None, None) => None,
+            (o, l) => {
+                let start: u64 = o
+                    .map_or(Ok(0), |o| o.parse())
+                    .map_err(|_| ApiError::invalid("offset", "an integer"))?;
+                let limit: u64 = l
+                    .map_or(Ok(u64::MAX), |l| l.parse())
+                    .map_err(|_| ApiError::invalid("limit", "an integer"))?;
+                Some((start.min(len), start.saturating_add(limit).min(len)))
+            }
+        },
+    };
+    let octets = HeaderValue::from_static("application/octet-stream");
+    Ok(match range {
+        None => ([(header::CONTENT_TYPE, octets)], data).into_response(),
+        Some((a, b)) => {
+            let body = data[a as usize..b as usize].to_vec();
+            let mut res = (
+                StatusCode::PARTIAL_CONTENT,
+                [(header::CONTENT_TYPE, octets)],
+                body,
+            )
+                .into_response();
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("bytes {a}-{}/{len}", b.saturating_sub(1)))
+            {
+                res.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            res
+        }
+    })
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` as a half-open `[start, end)` within `len`.
+fn parse_range(r: &str, len: u64) -> Result<(u64, u64), ApiError> {
+    let bad = || ApiError {
+        status: StatusCode::RANGE_NOT_SATISFIABLE,
+        code: "INVALID_RANGE",
+        message: format!("Range {r:?} does not fit a file of {len} bytes (bytes=a-b, a-, -n)"),
+    };
+    let spec = r.strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| bad())?;
+            (len.saturating_sub(n), len)
+        }
+        (a, "") => (a.parse().map_err(|_| bad())?, len),
+        (a, b) => {
+            let a: u64 = a.parse().map_err(|_| bad())?;
+            let b: u64 = b.parse().map_err(|_| bad())?;
+            (a, b.saturating_add(1).min(len))
+        }
+    };
+    if start >= end {
+        return Err(bad());
+    }
+    Ok((start, end))
+}
+
+/// The egress policy as the egress sidecar reports it: without `run.egress` a sandbox
+/// reaches nothing outside its network; with it, the internet but no private range.
+async fn policy(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.endpoint_of(&id, &headers)?;
+    let default = if app.egress { "allow" } else { "deny" };
+    Ok(Json(serde_json::json!({
+        "status": "active",
+        "mode": "proxmox-firewall",
+        "enforcementMode": "hypervisor",
+        "policy": {"defaultAction": default, "egress": []},
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc_9110() {
+        assert_eq!(parse_range("bytes=4-9", 20).unwrap(), (4, 10));
+        assert_eq!(parse_range("bytes=4-", 20).unwrap(), (4, 20));
+        assert_eq!(parse_range("bytes=-5", 20).unwrap(), (15, 20));
+        assert_eq!(parse_range("bytes=4-100", 20).unwrap(), (4, 20));
+        assert_eq!(
+            parse_range("bytes=30-", 20).unwrap_err().status,
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
+        assert!(parse_range("items=1-2", 20).is_err());
+        assert_eq!(mode_text(755).unwrap(), "755");
+        assert!(mode_text(789).is_err());
+    }
+}

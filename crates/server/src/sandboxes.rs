@@ -1,0 +1,549 @@
+//! The server's sandboxes: each is one pvesandbox sample of a run of its own on the process's
+//! one [`Fleet`] (its shape comes from the create request, so runs cannot be shared), known by
+//! its [`SampleId`] from the moment the create is answered.
+//!
+//! A create is answered `202 Pending` at once and provisioned in the background; the run id is
+//! drawn first, so the sandbox id (`s0.<run>`, the tail of its VM names) is known before
+//! anything exists in Proxmox, and everything it will make is findable by it. A delete that
+//! arrives while provisioning runs is carried out when it ends.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use guest_agent::ExecRequest;
+use pvesandbox::{EvalConfig, Fleet, Run, Sample, SampleId, SampleState, TaskOptions};
+use pvesandbox_templates::BuiltIn;
+
+use crate::error::ApiError;
+use crate::wire;
+
+/// The entrypoint OpenSandbox's SDK sends when the caller gives none: an idle process a VM
+/// does not need.
+const IDLE_ENTRYPOINT: [&str; 3] = ["tail", "-f", "/dev/null"];
+
+/// The shortest `timeout` the spec allows, seconds.
+const MIN_TIMEOUT_SECS: i64 = 60;
+
+/// Every sandbox of the server, by id.
+pub struct Sandboxes {
+    fleet: Fleet,
+    pool_id: String,
+    entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+}
+
+/// One sandbox.
+pub struct Entry {
+    /// `s0.<run>`.
+    pub id: String,
+    /// When the create came.
+    pub created_at: SystemTime,
+    /// `image.uri` as given.
+    pub image: String,
+    /// As given.
+    pub entrypoint: Vec<String>,
+    /// As given.
+    pub metadata: BTreeMap<String, String>,
+    /// The environment every command gets.
+    pub env: BTreeMap<String, String>,
+    expires_at: Mutex<Option<SystemTime>>,
+    phase: Mutex<Phase>,
+    changed_at: Mutex<SystemTime>,
+    /// A delete came while it was still being made.
+    delete_asked: AtomicBool,
+}
+
+enum Phase {
+    Pending,
+    Ready {
+        run: Run,
+        sample: Arc<Sample>,
+    },
+    Failed {
+        reason: &'static str,
+        message: String,
+    },
+    Stopping,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data behind these locks; a panic elsewhere leaves it consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    jiff::Timestamp::try_from(t)
+        .map(|t| format!("{t:.3}"))
+        .unwrap_or_default()
+}
+
+impl Entry {
+    /// The sample, once it runs.
+    pub fn sample(&self) -> Option<Arc<Sample>> {
+        match &*lock(&self.phase) {
+            Phase::Ready { sample, .. } => Some(sample.clone()),
+            _ => None,
+        }
+    }
+
+    /// OpenSandbox's state name.
+    pub fn state(&self) -> &'static str {
+        match &*lock(&self.phase) {
+            Phase::Pending => "Pending",
+            Phase::Failed { .. } => "Failed",
+            Phase::Stopping => "Stopping",
+            Phase::Ready { sample, .. } => match sample.state() {
+                SampleState::Pending => "Pending",
+                SampleState::Running => "Running",
+                SampleState::Pausing => "Pausing",
+                SampleState::Paused => "Paused",
+                SampleState::Resuming => "Resuming",
+                SampleState::Terminating => "Stopping",
+                SampleState::Terminated => "Terminated",
+                SampleState::Failed { .. } => "Failed",
+                _ => "Unknown",
+            },
+        }
+    }
+
+    /// When the reaper removes it.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        *lock(&self.expires_at)
+    }
+
+    /// The wire form.
+    pub fn wire(&self) -> wire::Sandbox {
+        let (reason, message) = match &*lock(&self.phase) {
+            Phase::Failed { reason, message } => {
+                (Some((*reason).to_owned()), Some(message.clone()))
+            }
+            _ => (None, None),
+        };
+        wire::Sandbox {
+            id: self.id.clone(),
+            image: Some(wire::ImageSpec {
+                uri: self.image.clone(),
+            }),
+            status: wire::SandboxStatus {
+                state: self.state(),
+                reason,
+                message,
+                last_transition_at: Some(rfc3339(*lock(&self.changed_at))),
+            },
+            metadata: self.metadata.clone(),
+            entrypoint: self.entrypoint.clone(),
+            expires_at: self.expires_at().map(rfc3339),
+            created_at: rfc3339(self.created_at),
+        }
+    }
+
+    fn set(&self, phase: Phase) {
+        *lock(&self.phase) = phase;
+        *lock(&self.changed_at) = SystemTime::now();
+    }
+}
+
+/// The VM source an `image.uri` names: a built-in by its name or a Docker-style alias, or an
+/// existing template by its tag (`pve-template:<tag>`).
+pub fn source_of(uri: &str) -> Result<serde_json::Value, ApiError> {
+    if let Some(tag) = uri.strip_prefix("pve-template:") {
+        if tag.is_empty() {
+            return Err(ApiError::invalid("image.uri", "pve-template: needs a tag"));
+        }
+        return Ok(serde_json::json!({ "existing_vm_template_tag": tag }));
+    }
+    let alias = match uri {
+        "debian:13" | "debian:trixie" | "debian" | "debian:latest" => Some(BuiltIn::Debian13),
+        "ubuntu:24.04" | "ubuntu:noble" | "ubuntu" | "ubuntu:latest" => Some(BuiltIn::Ubuntu2404),
+        "kalilinux/kali-rolling" | "kali" => Some(BuiltIn::Kali20254),
+        _ => None,
+    };
+    let Some(built_in) = alias.or_else(|| BuiltIn::ALL.into_iter().find(|b| b.name() == uri))
+    else {
+        let names: Vec<&str> = BuiltIn::ALL.iter().map(|b| b.name()).collect();
+        return Err(ApiError::invalid(
+            "image.uri",
+            format!(
+                "{uri:?} is not an image here: use a built-in ({}; or debian:13, ubuntu:24.04), \
+                 or pve-template:<tag> for a template of your own",
+                names.join(", ")
+            ),
+        ));
+    };
+    Ok(serde_json::json!({ "built_in": built_in.name() }))
+}
+
+/// vCPUs from a Kubernetes CPU quantity (`"2"`, `"500m"`, `"1.5"`), rounded up.
+pub fn cores_of(q: &str) -> Result<u32, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "resourceLimits.cpu",
+            format!("{q:?} is not a CPU quantity (2, 500m)"),
+        )
+    };
+    let millis = match q.strip_suffix('m') {
+        Some(m) => m.parse::<u64>().map_err(|_| bad())?,
+        None => (q.parse::<f64>().map_err(|_| bad())? * 1000.0).ceil() as u64,
+    };
+    if millis == 0 || millis > 128_000 {
+        return Err(bad());
+    }
+    Ok(millis.div_ceil(1000) as u32)
+}
+
+/// MiB from a Kubernetes memory quantity (`"2Gi"`, `"512Mi"`, `"1G"`, bytes), rounded up.
+pub fn memory_mib_of(q: &str) -> Result<u64, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "resourceLimits.memory",
+            format!("{q:?} is not a memory quantity (512Mi, 2Gi)"),
+        )
+    };
+    let units: [(&str, f64); 8] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| q.strip_suffix(u).map(|n| (n, *m)))
+        .unwrap_or((q, 1.0));
+    let bytes = num.parse::<f64>().map_err(|_| bad())? * mult;
+    let mib = (bytes / (1024.0 * 1024.0)).ceil();
+    if !(16.0..=4_194_304.0).contains(&mib) {
+        return Err(bad());
+    }
+    Ok(mib as u64)
+}
+
+impl Sandboxes {
+    /// Sandboxes on `fleet`'s pool `pool_id`.
+    pub fn new(fleet: Fleet, pool_id: String) -> Arc<Sandboxes> {
+        Arc::new(Sandboxes {
+            fleet,
+            pool_id,
+            entries: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// One sandbox.
+    pub fn get(&self, id: &str) -> Result<Arc<Entry>, ApiError> {
+        lock(&self.entries)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ApiError::no_sandbox(id))
+    }
+
+    /// Every sandbox, by id.
+    pub fn all(&self) -> Vec<Arc<Entry>> {
+        lock(&self.entries).values().cloned().collect()
+    }
+
+    /// Validates `req`, draws the sandbox's id and provisions it in the background.
+    pub async fn create(
+        self: &Arc<Self>,
+        req: wire::CreateSandboxRequest,
+    ) -> Result<Arc<Entry>, ApiError> {
+        let image = req.image.ok_or_else(|| {
+            ApiError::invalid("image", "required (image.uri); snapshots are not served")
+        })?;
+        if req.snapshot_id.is_some() {
+            return Err(ApiError::invalid(
+                "snapshotId",
+                "restoring snapshots is not served yet: give image.uri",
+            ));
+        }
+        if req
+            .volumes
+            .as_ref()
+            .is_some_and(|v| !v.is_null() && v != &serde_json::json!([]))
+        {
+            return Err(ApiError::invalid(
+                "volumes",
+                "not served: a VM's disk is its own; copy files in through execd",
+            ));
+        }
+        if let Some(p) = &req.platform
+            && (p.os != "linux" || p.arch != "amd64")
+        {
+            return Err(ApiError::invalid(
+                "platform",
+                format!("only linux/amd64 is served, not {}/{}", p.os, p.arch),
+            ));
+        }
+        let timeout = match req.timeout {
+            None => None,
+            Some(t) if t >= MIN_TIMEOUT_SECS => Some(Duration::from_secs(t as u64)),
+            Some(t) => {
+                return Err(ApiError::invalid(
+                    "timeout",
+                    format!("{t} s: at least {MIN_TIMEOUT_SECS} s, or null for manual cleanup"),
+                ));
+            }
+        };
+        for k in req.env.keys() {
+            if k.is_empty()
+                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                || k.as_bytes()[0].is_ascii_digit()
+            {
+                return Err(ApiError::invalid(
+                    "env",
+                    format!("{k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+                ));
+            }
+        }
+        let cores = req
+            .resource_limits
+            .get("cpu")
+            .map(|q| cores_of(q))
+            .transpose()?
+            .unwrap_or(1);
+        let memory = req
+            .resource_limits
+            .get("memory")
+            .map(|q| memory_mib_of(q))
+            .transpose()?
+            .unwrap_or(2048);
+        let eval = serde_json::json!({
+            "instance_pool_id": self.pool_id,
+            "vms_config": [{
+                "vm_source_config": source_of(&image.uri)?,
+                "ram_mb": memory,
+                "vcpus": cores,
+            }],
+        });
+        let eval = EvalConfig::from_json(&eval.to_string())?;
+        let run_id = self.fleet.fresh_run_id(&self.pool_id).await?;
+        let id = SampleId {
+            run: run_id.clone(),
+            seq: 0,
+        }
+        .to_string();
+        let now = SystemTime::now();
+        let entry = Arc::new(Entry {
+            id: id.clone(),
+            created_at: now,
+            image: image.uri,
+            entrypoint: req.entrypoint,
+            metadata: req.metadata,
+            env: req.env,
+            expires_at: Mutex::new(timeout.map(|t| now + t)),
+            phase: Mutex::new(Phase::Pending),
+            changed_at: Mutex::new(now),
+            delete_asked: AtomicBool::new(false),
+        });
+        lock(&self.entries).insert(id, entry.clone());
+        let me = self.clone();
+        let e = entry.clone();
+        tokio::spawn(async move { me.provision(e, eval, run_id).await });
+        Ok(entry)
+    }
+
+    async fn provision(
+        self: Arc<Self>,
+        entry: Arc<Entry>,
+        eval: EvalConfig,
+        run: pvesandbox::RunId,
+    ) {
+        let opts = TaskOptions {
+            run: Some(run),
+            progress: None,
+        };
+        let made = async {
+            let run = self.fleet.run(eval, opts).await?;
+            let sample = match run.sample_init().await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = run.task_cleanup().await;
+                    return Err(e);
+                }
+            };
+            let sample = Arc::new(sample);
+            let rest = async {
+                if let Some(t) = entry.expires_at() {
+                    sample.renew(t).await?;
+                }
+                self.start_entrypoint(&entry, &sample).await
+            };
+            if let Err(e) = rest.await {
+                let _ = sample.cleanup(false).await;
+                let _ = run.task_cleanup().await;
+                return Err(e);
+            }
+            Ok((run, sample))
+        };
+        match made.await {
+            Ok((run, sample)) => {
+                entry.set(Phase::Ready { run, sample });
+                if entry.delete_asked.load(Ordering::SeqCst) {
+                    let _ = self.delete(&entry.id).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %entry.id, error = %e, "provisioning failed");
+                entry.set(Phase::Failed {
+                    reason: "provision_failed",
+                    message: e.to_string(),
+                });
+                if entry.delete_asked.load(Ordering::SeqCst) {
+                    lock(&self.entries).remove(&entry.id);
+                }
+            }
+        }
+    }
+
+    /// Starts the entrypoint in the background, as the container's main process would be
+    /// (the idle default is skipped: a VM stays up without it). Its output goes to
+    /// `/var/log/pvesandbox-entrypoint.log`.
+    async fn start_entrypoint(
+        &self,
+        entry: &Entry,
+        sample: &Sample,
+    ) -> Result<(), pvesandbox::Error> {
+        if entry.entrypoint.is_empty() || entry.entrypoint == IDLE_ENTRYPOINT {
+            return Ok(());
+        }
+        // argv goes in as positional parameters: no quoting of the caller's words.
+        let mut argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "nohup \"$@\" >/var/log/pvesandbox-entrypoint.log 2>&1 </dev/null &".to_owned(),
+            "entrypoint".to_owned(),
+        ];
+        argv.extend(entry.entrypoint.iter().cloned());
+        let mut req = ExecRequest::new(argv);
+        for (k, v) in &entry.env {
+            req = req.env(k.clone(), v);
+        }
+        let out = sandbox_vm(sample)?.exec(req).await?;
+        if !out.success() {
+            return Err(pvesandbox::Error::Config {
+                field: "entrypoint".into(),
+                value: entry.entrypoint.join(" "),
+                fix: format!(
+                    "could not be started: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes the sandbox: at once from the listing's point of view (`Stopping`), in the
+    /// background in Proxmox; a pending one when its provisioning ends.
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let entry = self.get(id)?;
+        let taken = {
+            let mut phase = lock(&entry.phase);
+            match std::mem::replace(&mut *phase, Phase::Stopping) {
+                Phase::Ready { run, sample } => Some((run, sample)),
+                Phase::Pending => {
+                    *phase = Phase::Pending;
+                    entry.delete_asked.store(true, Ordering::SeqCst);
+                    None
+                }
+                Phase::Failed { .. } => {
+                    drop(phase);
+                    lock(&self.entries).remove(id);
+                    return Ok(());
+                }
+                Phase::Stopping => None,
+            }
+        };
+        *lock(&entry.changed_at) = SystemTime::now();
+        if let Some((run, sample)) = taken {
+            let me = self.clone();
+            tokio::spawn(async move { me.tear_down(&entry, run, sample).await });
+        }
+        Ok(())
+    }
+
+    async fn tear_down(&self, entry: &Entry, run: Run, sample: Arc<Sample>) {
+        let done = async {
+            sample.cleanup(false).await?;
+            run.task_cleanup().await.map(drop)
+        };
+        match done.await {
+            Ok(()) => {
+                lock(&self.entries).remove(&entry.id);
+            }
+            Err(e) => entry.set(Phase::Failed {
+                reason: "cleanup_failed",
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Removes every running sandbox and waits until they are gone; pending ones are removed
+    /// when their provisioning ends (or, if the process ends first, by `cleanup --expired`).
+    pub async fn remove_all(&self) {
+        let mut jobs = Vec::new();
+        for entry in self.all() {
+            let taken = {
+                let mut phase = lock(&entry.phase);
+                match std::mem::replace(&mut *phase, Phase::Stopping) {
+                    Phase::Ready { run, sample } => Some((run, sample)),
+                    other => {
+                        *phase = other;
+                        entry.delete_asked.store(true, Ordering::SeqCst);
+                        None
+                    }
+                }
+            };
+            if let Some((run, sample)) = taken {
+                jobs.push(async move { self.tear_down(&entry, run, sample).await });
+            }
+        }
+        futures_util::future::join_all(jobs).await;
+    }
+
+    /// Moves the expiry (the spec: only later, and in the future).
+    pub async fn renew(&self, id: &str, at: SystemTime) -> Result<(), ApiError> {
+        let entry = self.get(id)?;
+        if at <= SystemTime::now() {
+            return Err(ApiError::invalid("expiresAt", "must be in the future"));
+        }
+        if entry.expires_at().is_some_and(|now| at <= now) {
+            return Err(ApiError::invalid(
+                "expiresAt",
+                "must be later than the current expiresAt",
+            ));
+        }
+        let sample = entry.sample().ok_or_else(|| {
+            ApiError::conflict(format!(
+                "sandbox {id} is {}; renew it once it runs",
+                entry.state()
+            ))
+        })?;
+        sample.renew(at).await?;
+        *lock(&entry.expires_at) = Some(at);
+        Ok(())
+    }
+
+    /// Removes every sandbox whose expiry passed; called by the reaper.
+    pub async fn reap(self: &Arc<Self>) {
+        let now = SystemTime::now();
+        let due: Vec<String> = self
+            .all()
+            .into_iter()
+            .filter(|e| e.expires_at().is_some_and(|t| t <= now) && e.sample().is_some())
+            .map(|e| e.id.clone())
+            .collect();
+        for id in due {
+            tracing::info!(sandbox = %id, "expired: removing");
+            let _ = self.delete(&id).await;
+        }
+    }
+}
+
+/// The sandbox VM commands and files go to: the sample's first (`default`).
+pub fn sandbox_vm(sample: &Sample) -> Result<&pvesandbox::SandboxVm, pvesandbox::Error> {
+    sample.get("default")
+}

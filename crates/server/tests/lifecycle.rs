@@ -1,0 +1,379 @@
+//! The server on the embedded simulator with process guests, through HTTP as OpenSandbox's SDK
+//! speaks it: create (202, then provisioned in the background), endpoints with a per-sandbox
+//! token, ping readiness, commands as SSE with exit codes in `error.evalue`, files both ways,
+//! list filters, pause/resume with the same process alive, renew, the reaper, delete → 404,
+//! and nothing left in Proxmox.
+
+#[path = "../../sandbox/tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pve_client::Secret;
+use pvesandbox::Fleet;
+use pvesandbox_server::{ServeOptions, Server};
+use serde_json::{Value, json};
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+const KEY: &str = "test key, not a secret";
+
+impl Api {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, self.url(path))
+            .header("OPEN-SANDBOX-API-KEY", KEY);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+/// The events of an SSE body (`data: {json}` frames).
+fn events(body: &str) -> Vec<Value> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| serde_json::from_str(d.trim()).unwrap())
+        .collect()
+}
+
+/// Every key of every object in `v`, with its value, for the "never null" rule.
+fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Null => out.push(at.to_owned()),
+        Value::Object(m) => m
+            .iter()
+            .for_each(|(k, v)| nulls(v, &format!("{at}.{k}"), out)),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, v)| nulls(v, &format!("{at}[{i}]"), out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sandbox_through_the_opensandbox_api() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let fleet = Fleet::start(settings).await.unwrap();
+    let server = Server::start(
+        fleet,
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api_keys: vec![Secret::new(KEY)],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // reqwest is built without a default crypto provider; install ring once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api {
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        base: format!("http://{}", server.local_addr()),
+    };
+    use reqwest::Method as M;
+
+    // No key, no service; a bad image is named.
+    let res = api
+        .http
+        .post(api.url("/v1/sandboxes"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["code"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+    let (status, body) = api
+        .call(
+            M::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": {"uri": "nginx:latest"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("INVALID_REQUEST")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("image.uri"),
+        "{body}"
+    );
+
+    let (status, created) = api
+        .call(
+            M::POST,
+            "/v1/sandboxes",
+            Some(json!({
+                "image": {"uri": "debian:13"},
+                "timeout": 600,
+                "resourceLimits": {"cpu": "1", "memory": "512Mi"},
+                "env": {"GREETING": "hello"},
+                "metadata": {"team": "a"},
+                "entrypoint": ["tail", "-f", "/dev/null"],
+                "secureAccess": false,
+            })),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let mut found = Vec::new();
+    nulls(&created, "", &mut found);
+    assert!(found.is_empty(), "nulls in the create answer: {found:?}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("s0."), "{id}");
+    assert!(
+        created["createdAt"].is_string() && created["expiresAt"].is_string(),
+        "{created}"
+    );
+
+    let (status, ep) = api
+        .call(
+            M::GET,
+            &format!("/v1/sandboxes/{id}/endpoints/44772?use_server_proxy=false"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{ep}");
+    let execd = format!("http://{}", ep["endpoint"].as_str().unwrap());
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = api
+        .call(M::GET, &format!("/v1/sandboxes/{id}/endpoints/18080"), None)
+        .await;
+    assert_eq!(status, 200);
+    let execd_call = |m: M, path: &str| {
+        api.http
+            .request(m, format!("{execd}{path}"))
+            .header("X-EXECD-ACCESS-TOKEN", &token)
+    };
+    // The SDK's readiness loop: ping until 200 (504 until the guest answers).
+    loop {
+        let s = execd_call(M::GET, "/ping")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if s == 200 {
+            break;
+        }
+        assert_eq!(s, 504, "not-ready pings answer 504");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wrong = api
+        .http
+        .get(format!("{execd}/ping"))
+        .header("X-EXECD-ACCESS-TOKEN", "0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let (_, info) = api.call(M::GET, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(info["status"]["state"], "Running", "{info}");
+
+    // Commands: env, stderr, the exit code in error.evalue; a timeout is -1.
+    let run = |cmd: Value| async move {
+        let res = execd_call(M::POST, "/command")
+            .json(&cmd)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        events(&res.text().await.unwrap())
+    };
+    let evs = run(json!({"command": "echo $GREETING; echo oops >&2; exit 3"})).await;
+    let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["init", "stdout", "stderr", "error"], "{evs:?}");
+    assert!(evs.iter().all(|e| e["timestamp"].is_i64()), "{evs:?}");
+    assert_eq!(evs[1]["text"], "hello");
+    assert_eq!(evs[2]["text"], "oops");
+    assert_eq!(evs[3]["error"]["evalue"], "3");
+    let evs = run(json!({"command": "pwd", "cwd": "/tmp"})).await;
+    assert_eq!(evs[1]["text"], "/tmp");
+    assert_eq!(evs.last().unwrap()["type"], "execution_complete", "{evs:?}");
+    let evs = run(json!({"command": "sleep 30", "timeout": 300})).await;
+    assert_eq!(evs.last().unwrap()["error"]["evalue"], "-1", "{evs:?}");
+
+    // Files: a multipart upload into a new directory, then ranges back.
+    let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "metadata",
+            reqwest::multipart::Part::text(r#"{"path": "/root/new/dir/blob.bin", "mode": 600}"#)
+                .file_name("metadata")
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(data.clone()).file_name("blob.bin"),
+        );
+    let up = execd_call(M::POST, "/files/upload")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status().as_u16(), 200, "{}", up.text().await.unwrap());
+    let all = execd_call(M::GET, "/files/download?path=/root/new/dir/blob.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.bytes().await.unwrap().as_ref(), data.as_slice());
+    let part = execd_call(M::GET, "/files/download?path=/root/new/dir/blob.bin")
+        .header("Range", "bytes=4-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &data[4..10]);
+    let evs = run(json!({"command": "stat -c %a /root/new/dir/blob.bin"})).await;
+    assert_eq!(evs[1]["text"], "600");
+
+    // Listing with filters.
+    let (_, l) = api
+        .call(
+            M::GET,
+            "/v1/sandboxes?state=Running&state=Paused&metadata=team%3Da",
+            None,
+        )
+        .await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l["pagination"]["totalItems"], 1);
+    let (_, l) = api
+        .call(M::GET, "/v1/sandboxes?metadata=team%3Db", None)
+        .await;
+    assert_eq!(l["items"].as_array().unwrap().len(), 0, "{l}");
+
+    // Pause keeps the process; resume lets it go on.
+    run(json!({"command": "(sleep 100000 >/dev/null 2>&1 &) ; true"})).await;
+    let pid = run(json!({"command": "pgrep -f 'sleep 100000'"})).await[1]["text"].clone();
+    let (status, _) = api
+        .call(M::POST, &format!("/v1/sandboxes/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 202);
+    let (_, info) = api.call(M::GET, &format!("/v1/sandboxes/{id}"), None).await;
+    assert_eq!(info["status"]["state"], "Paused");
+    assert_eq!(
+        execd_call(M::GET, "/ping")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        504
+    );
+    let (status, _) = api
+        .call(M::POST, &format!("/v1/sandboxes/{id}/pause"), None)
+        .await;
+    assert_eq!(status, 409, "pausing a paused sandbox");
+    let (status, _) = api
+        .call(M::POST, &format!("/v1/sandboxes/{id}/resume"), None)
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        run(json!({"command": "pgrep -f 'sleep 100000'"})).await[1]["text"],
+        pid
+    );
+
+    // Renew: later only.
+    let (status, r) = api
+        .call(
+            M::POST,
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(json!({"expiresAt": "2099-01-01T00:00:00+00:00"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    assert!(
+        r["expiresAt"]
+            .as_str()
+            .unwrap()
+            .starts_with("2099-01-01T00:00:00"),
+        "{r}"
+    );
+    let (status, _) = api
+        .call(
+            M::POST,
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(json!({"expiresAt": "2098-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+
+    // Delete: 204, then gone.
+    let (status, _) = api
+        .call(M::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    while api
+        .call(M::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .0
+        != 404
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The reaper: a sandbox whose expiry passes is removed.
+    let (_, created) = api
+        .call(M::POST, "/v1/sandboxes", Some(json!({"image": {"uri": "debian13"}, "timeout": null, "resourceLimits": {"memory": "512Mi"}})))
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(
+        created.get("expiresAt").is_none(),
+        "manual cleanup has no expiry: {created}"
+    );
+    while api
+        .call(M::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .1["status"]["state"]
+        != "Running"
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let (status, r) = api
+        .call(
+            M::POST,
+            &format!("/v1/sandboxes/{id}/renew-expiration"),
+            Some(json!({"expiresAt": soon.to_string()})),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    while api
+        .call(M::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .0
+        != 404
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    server.stop().await.unwrap();
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+}
