@@ -27,38 +27,7 @@ fn venv() -> PathBuf {
 
 /// Creates `.venv-inspect` with [`PINS`] unless it already has them (`force`: recreate).
 pub fn venv_setup(sh: &Shell, force: bool) -> Result<()> {
-    let venv = venv();
-    let python = venv.join("bin/python");
-    let check = "import importlib.metadata as m, sys; \
-                 pins = sys.argv[1:]; \
-                 sys.exit(any(m.version(p.split('==')[0]) != p.split('==')[1] for p in pins))";
-    if !force
-        && python.exists()
-        && cmd!(sh, "{python} -c {check} {PINS...}")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run()
-            .is_ok()
-    {
-        return Ok(());
-    }
-    eprintln!("xtask: creating {} with {}", venv.display(), PINS.join(" "));
-    cmd!(sh, "python3 -m venv --clear {venv}")
-        .run()
-        .context("python3 with the venv module is needed for the Inspect adapter tests")?;
-    let pip = venv.join("bin/pip");
-    // pip must reach PyPI: lift the blackhole proxy CI sets so nothing else phones home.
-    cmd!(
-        sh,
-        "{pip} install --quiet --disable-pip-version-check {PINS...}"
-    )
-    .env_remove("HTTPS_PROXY")
-    .env_remove("HTTP_PROXY")
-    .env_remove("https_proxy")
-    .env_remove("http_proxy")
-    .run()?;
-    Ok(())
+    crate::pinned_venv(sh, &venv(), &PINS, force)
 }
 
 /// Builds the adapter wheel into the venv and runs its Python suite: the self-check against

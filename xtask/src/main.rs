@@ -14,6 +14,9 @@
 //!   `.venv-inspect` and runs Inspect's self-check (process and qemu-guest-agent guests), an
 //!   offline `inspect eval` and the adapter's own tests (`cargo xtask test` runs it too).
 //! - `cargo xtask inspect-venv` — (re)create `.venv-inspect` with the pinned inspect-ai.
+//! - `cargo xtask test-opensandbox` — OpenSandbox's SDK and `osb` CLI 1.1.1 (pinned, in
+//!   `.venv-opensandbox`) against `pvesandbox serve` on the embedded simulator
+//!   (`cargo xtask test` runs it too).
 //! - `cargo xtask guest-image` — build (or find cached) the Debian guest with qemu-guest-agent
 //!   that pve-sim's QEMU guest backend boots; installs its host packages when missing.
 //! - `cargo xtask nested-pve [--dry-run] ...` — build (once) and boot a nested Proxmox VE with
@@ -28,6 +31,7 @@ use xshell::{Shell, cmd};
 mod guest_image;
 mod inspect;
 mod nested;
+mod opensandbox;
 
 /// fakepve release the tests were written against (AGPL; installed, never vendored).
 const FAKEPVE: &str = "fakepve[crypto]==0.5.0";
@@ -80,6 +84,42 @@ fn fakepve_venv(sh: &Shell, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Creates the venv `venv` with exactly `pins` unless it already has them (`force`:
+/// recreate). pip reaches PyPI with CI's blackhole proxy lifted, so this must run before
+/// anything that must not phone home.
+pub(crate) fn pinned_venv(sh: &Shell, venv: &Path, pins: &[&str], force: bool) -> Result<()> {
+    let python = venv.join("bin/python");
+    let check = "import importlib.metadata as m, sys; \
+                 pins = sys.argv[1:]; \
+                 sys.exit(any(m.version(p.split('==')[0]) != p.split('==')[1] for p in pins))";
+    if !force
+        && python.exists()
+        && cmd!(sh, "{python} -c {check} {pins...}")
+            .quiet()
+            .ignore_stdout()
+            .ignore_stderr()
+            .run()
+            .is_ok()
+    {
+        return Ok(());
+    }
+    eprintln!("xtask: creating {} with {}", venv.display(), pins.join(" "));
+    cmd!(sh, "python3 -m venv --clear {venv}")
+        .run()
+        .context("python3 with the venv module is needed for the Python suites")?;
+    let pip = venv.join("bin/pip");
+    cmd!(
+        sh,
+        "{pip} install --quiet --disable-pip-version-check {pins...}"
+    )
+    .env_remove("HTTPS_PROXY")
+    .env_remove("HTTP_PROXY")
+    .env_remove("https_proxy")
+    .env_remove("http_proxy")
+    .run()?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(root());
@@ -116,6 +156,7 @@ fn main() -> Result<()> {
             // ---- Inspect AI adapter (crates/inspect-adapter) ----
             inspect::test(&sh, &[])?;
             // ---- end Inspect AI adapter ----
+            opensandbox::test(&sh, &[])?;
         }
         Some("lint") => {
             cmd!(sh, "cargo fmt --all -- --check").run()?;
@@ -158,7 +199,9 @@ fn main() -> Result<()> {
         Some("venv") => {
             fakepve_venv(&sh, false)?;
             inspect::venv_setup(&sh, false)?;
+            opensandbox::venv_setup(&sh, false)?;
         }
+        Some("test-opensandbox") => opensandbox::test(&sh, &args[1..])?,
         Some("inspect-venv") => inspect::venv_setup(&sh, true)?,
         Some("test-inspect") => inspect::test(&sh, &args[1..])?,
         Some("fakepve") => fakepve_venv(&sh, true)?,
@@ -168,7 +211,7 @@ fn main() -> Result<()> {
         Some("e2e") => e2e(&sh, &args[1..])?,
         other => {
             bail!(
-                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, nested-pve, e2e, inspect-venv, test-inspect"
+                "unknown task {other:?}; try: test, lint, bench, venv, fakepve, guest-image, nested-pve, e2e, inspect-venv, test-inspect, test-opensandbox"
             )
         }
     }

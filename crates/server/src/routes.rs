@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,11 @@ pub struct App {
 
 type Shared = State<Arc<App>>;
 
+/// The largest upload (all parts of one request). It is held in memory until the guest agent
+/// has it, so this bounds what one request can make the server hold; axum's default (2 MB)
+/// refused the SDK's 5 MiB test file.
+const UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
+
 /// The execd port OpenSandbox's SDK asks an endpoint for.
 const EXECD_PORT: u16 = 44772;
 /// The egress sidecar's port.
@@ -57,7 +62,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route(&format!("{proxy}/{EXECD_PORT}/ping"), get(ping))
         .route(&format!("{proxy}/{EXECD_PORT}/command"), post(command))
-        .route(&format!("{proxy}/{EXECD_PORT}/files/upload"), post(upload))
+        .route(
+            &format!("{proxy}/{EXECD_PORT}/files/upload"),
+            post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
         .route(
             &format!("{proxy}/{EXECD_PORT}/files/download"),
             get(download),

@@ -1,0 +1,179 @@
+"""`pvesandbox serve` on the embedded simulator (process guests), driven by the unmodified
+OpenSandbox SDK and CLI 1.1.1 as published: what a user of either would do.
+
+The server is the `pvesandbox` binary named by PVESANDBOX_BIN, started once for the module
+with a random API key; every test talks to it over loopback only (the proxies CI sets stay
+in place; NO_PROXY covers loopback).
+"""
+
+import os
+import re
+import secrets
+import subprocess
+import time
+from datetime import timedelta
+
+import pytest
+from opensandbox.config.connection_sync import ConnectionConfigSync
+from opensandbox.exceptions import SandboxApiException
+from opensandbox.models.execd import RunCommandOpts
+from opensandbox.models.sandboxes import SandboxFilter
+from opensandbox.sync import SandboxManagerSync, SandboxSync
+
+# A VM (even a simulated one) takes longer than the SDK's 30 s container default on a loaded
+# 2-core machine; users are told the same in the README.
+READY = timedelta(minutes=3)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serve")
+    key = secrets.token_hex(16)
+    env = {
+        "PATH": os.environ["PATH"],
+        "TMPDIR": str(tmp),
+        "OPEN_SANDBOX_API_KEY": key,
+        "PVESANDBOX_IMAGES__CACHE_DIR": str(tmp / "cache"),
+    }
+    proc = subprocess.Popen(
+        [os.environ["PVESANDBOX_BIN"], "serve", "--listen", "127.0.0.1:0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    domain = None
+    for line in proc.stdout:
+        m = re.match(r"export OPEN_SANDBOX_DOMAIN=(\S+)", line)
+        if m:
+            domain = m.group(1)
+            break
+    assert domain, "serve printed no OPEN_SANDBOX_DOMAIN"
+    yield {"domain": domain, "key": key}
+    proc.terminate()
+    assert proc.wait(timeout=300) == 0
+
+
+def config(server, key=None):
+    return ConnectionConfigSync(
+        domain=server["domain"], api_key=key or server["key"], protocol="http"
+    )
+
+
+def osb(server, *args):
+    env = dict(os.environ)
+    env.update(
+        OPEN_SANDBOX_DOMAIN=server["domain"],
+        OPEN_SANDBOX_API_KEY=server["key"],
+        OPEN_SANDBOX_PROTOCOL="http",
+    )
+    return subprocess.run(
+        [os.path.join(os.path.dirname(os.environ["PYTHON"]), "osb"), "--no-color", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_sandbox_through_the_sdk(server):
+    cfg = config(server)
+    sb = SandboxSync.create(
+        "debian:13",
+        ready_timeout=READY,
+        connection_config=cfg,
+        env={"GREETING": "hello"},
+        metadata={"suite": "sdk"},
+        resource={"cpu": "1", "memory": "512Mi"},
+    )
+    # Commands: stdout, stderr, the environment, exit codes, cwd, timeouts.
+    ex = sb.commands.run("echo $GREETING; echo oops >&2; exit 3")
+    assert ex.exit_code == 3
+    assert [m.text for m in ex.logs.stdout] == ["hello"]
+    assert [m.text for m in ex.logs.stderr] == ["oops"]
+    ex = sb.commands.run("pwd", opts=RunCommandOpts(working_directory="/tmp"))
+    assert (ex.exit_code, [m.text for m in ex.logs.stdout]) == (0, ["/tmp"])
+    ex = sb.commands.run("sleep 30", opts=RunCommandOpts(timeout=timedelta(seconds=1)))
+    assert ex.exit_code == -1
+
+    # Files both ways, binary, 5 MiB, into a directory that does not exist yet.
+    blob = os.urandom(5 * 1024 * 1024)
+    sb.files.write_file("/root/in/new/blob.bin", blob)
+    assert sb.files.read_bytes("/root/in/new/blob.bin") == blob
+    assert sb.files.read_bytes("/root/in/new/blob.bin", range_header="bytes=10-19") == blob[10:20]
+    sb.files.write_file("/root/note.txt", "text\n")
+    assert sb.files.read_file("/root/note.txt") == "text\n"
+
+    # Listing and filters.
+    mgr = SandboxManagerSync.create(connection_config=cfg)
+    mine = mgr.list_sandbox_infos(SandboxFilter(states=["Running"], metadata={"suite": "sdk"}))
+    assert [s.id for s in mine.sandbox_infos] == [sb.id]
+    none = mgr.list_sandbox_infos(SandboxFilter(metadata={"suite": "other"}))
+    assert none.sandbox_infos == []
+
+    # Renew.
+    renewed = sb.renew(timedelta(hours=2))
+    assert renewed.expires_at.timestamp() > time.time() + 3600
+
+    # Pause keeps the process (and its RAM); resume lets it go on.
+    sb.commands.run("(sleep 100000 >/dev/null 2>&1 &); true")
+    pid = sb.commands.run("pgrep -f 'sleep 100000'").logs.stdout[0].text
+    sb.pause()
+    assert sb.get_info().status.state == "Paused"
+    sb = SandboxSync.resume(sb.id, connection_config=cfg, resume_timeout=READY)
+    assert sb.get_info().status.state == "Running"
+    assert sb.commands.run("pgrep -f 'sleep 100000'").logs.stdout[0].text == pid
+
+    # Kill: then it is gone.
+    sid = sb.id
+    sb.kill()
+    deadline = time.time() + 120
+    while True:
+        try:
+            mgr.get_sandbox_info(sid)
+        except SandboxApiException as e:
+            assert e.status_code == 404
+            break
+        assert time.time() < deadline, "the sandbox was not removed"
+        time.sleep(0.1)
+
+
+def test_without_the_key_nothing_is_served(server):
+    with pytest.raises(SandboxApiException) as e:
+        SandboxSync.create(
+            "debian:13", ready_timeout=READY, connection_config=config(server, key="wrong")
+        )
+    assert e.value.status_code == 401
+
+
+def test_the_reaper_removes_an_expired_sandbox(server):
+    cfg = config(server)
+    sb = SandboxSync.create(
+        "debian13", timeout=None, ready_timeout=READY, connection_config=cfg,
+        resource={"memory": "512Mi"},
+    )
+    sb.renew(timedelta(seconds=2))
+    mgr = SandboxManagerSync.create(connection_config=cfg)
+    deadline = time.time() + 120
+    while True:
+        try:
+            mgr.get_sandbox_info(sb.id)
+        except SandboxApiException as e:
+            assert e.status_code == 404
+            break
+        assert time.time() < deadline, "the reaper did not remove it"
+        time.sleep(0.2)
+
+
+def test_the_osb_cli(server):
+    out = osb(server, "sandbox", "create", "--image", "debian:13", "--resource", "memory=512Mi",
+              "--ready-timeout", "3m")
+    assert out.returncode == 0, out.stderr
+    sid = re.search(r"id:\s+(s\d+\.\w+)", out.stdout).group(1)
+    listed = osb(server, "sandbox", "list")
+    assert sid in listed.stdout, listed.stdout
+    ran = osb(server, "command", "run", sid, "--", "sh", "-c", "echo from-osb")
+    assert ran.returncode == 0 and "from-osb" in ran.stdout, ran
+    failed = osb(server, "command", "run", sid, "--", "sh", "-c", "exit 4")
+    assert failed.returncode != 0 and "CommandExecError: 4" in failed.stdout + failed.stderr, failed
+    killed = osb(server, "sandbox", "kill", sid)
+    assert killed.returncode == 0, killed.stderr
