@@ -170,45 +170,9 @@ impl GuestAgent {
             let have = out.len() as u64;
             // One byte past the limit tells "too big" without reading the rest.
             let want = READ_PAGE.min(limit.saturating_sub(have).saturating_add(1));
-            let page = if self.inner.paged_reads.load(Ordering::Relaxed) == 2 {
-                return self.read_file_legacy(path, &abs, limit).await;
-            } else {
-                let params = Params::new()
-                    .with("file", abs.as_str())
-                    .with("offset", have)
-                    .with("count", want)
-                    .with("decode", false);
-                match self
-                    .inner
-                    .client
-                    .get(&self.path_of("file-read"), &params)
-                    .await
-                {
-                    Ok(v) => {
-                        self.inner.paged_reads.store(1, Ordering::Relaxed);
-                        let content = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
-                        wire::decode_concatenated_b64(content).map_err(|e| {
-                            Error::Api(pve_client::Error::Decode {
-                                method: "GET",
-                                path: self.path_of("file-read"),
-                                message: format!("content is not base64: {e}"),
-                            })
-                        })?
-                    }
-                    Err(e)
-                        if e.status() == Some(400)
-                            && e.field_errors().is_some_and(|f| {
-                                ["offset", "count", "decode"]
-                                    .iter()
-                                    .any(|k| f.contains_key(*k))
-                            }) =>
-                    {
-                        // PVE before 9.2: no paging parameters.
-                        self.inner.paged_reads.store(2, Ordering::Relaxed);
-                        return self.read_file_legacy(path, &abs, limit).await;
-                    }
-                    Err(e) => return Err(error::classify_file(e, path, self.inner.vmid)),
-                }
+            let page = match self.read_page(path, &abs, have, want).await? {
+                Some(page) => page,
+                None => return self.read_file_legacy(path, &abs, limit).await,
             };
             let n = page.len() as u64;
             out.extend_from_slice(&page);
@@ -221,6 +185,79 @@ impl GuestAgent {
             if n < want {
                 return Ok(out);
             }
+        }
+    }
+
+    /// Up to `count` bytes of `path` from byte `offset`: fewer at the end of the file, none
+    /// past it. One call on PVE 9.2 and later (paged `file-read`); older PVE reads the whole
+    /// file and cuts it. For tailing a file that grows (a command's output).
+    ///
+    /// Errors: as [`read_file`](Self::read_file).
+    pub async fn read_at(&self, path: &str, offset: u64, count: u64) -> Result<Vec<u8>> {
+        let abs = self.resolve(path);
+        if self.inner.file_user.is_none()
+            && let Some(page) = self.read_page(path, &abs, offset, count).await?
+        {
+            return Ok(page);
+        }
+        let all = self.read_file(path, None).await?;
+        let start = (offset as usize).min(all.len());
+        let end = start.saturating_add(count as usize).min(all.len());
+        Ok(all[start..end].to_vec())
+    }
+
+    /// One paged `file-read`, or `None` when this PVE has no paging (before 9.2; remembered).
+    async fn read_page(
+        &self,
+        path: &str,
+        abs: &str,
+        offset: u64,
+        count: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        if self.inner.paged_reads.load(Ordering::Relaxed) == 2 {
+            return Ok(None);
+        }
+        let params = Params::new()
+            .with("file", abs)
+            .with("offset", offset)
+            .with("count", count)
+            .with("decode", false);
+        match self
+            .inner
+            .client
+            .get(&self.path_of("file-read"), &params)
+            .await
+        {
+            Ok(v) => {
+                self.inner.paged_reads.store(1, Ordering::Relaxed);
+                let content = v.get("content").and_then(|c| c.as_str()).unwrap_or("");
+                // A guest that answers more than was asked for gets cut to size.
+                wire::decode_concatenated_b64(content)
+                    .map(|mut page| {
+                        page.truncate(count.min(usize::MAX as u64) as usize);
+                        Some(page)
+                    })
+                    .map_err(|e| {
+                        Error::Api(pve_client::Error::Decode {
+                            method: "GET",
+                            path: self.path_of("file-read"),
+                            message: format!("content is not base64: {e}"),
+                        })
+                    })
+            }
+            Err(e)
+                if e.status() == Some(400)
+                    && e.field_errors().is_some_and(|f| {
+                        ["offset", "count", "decode"]
+                            .iter()
+                            .any(|k| f.contains_key(*k))
+                    }) =>
+            {
+                // PVE before 9.2: no paging parameters.
+                self.inner.paged_reads.store(2, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(error::classify_file(e, path, self.inner.vmid)),
         }
     }
 

@@ -24,6 +24,7 @@
 //! ```
 
 pub mod auth;
+pub mod commands;
 pub mod error;
 pub mod routes;
 pub mod sandboxes;
@@ -134,6 +135,7 @@ impl Server {
                 .clone()
                 .unwrap_or_else(|| addr.to_string()),
             egress,
+            background: Default::default(),
         });
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let reaper = sandboxes.clone();

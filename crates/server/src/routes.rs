@@ -19,6 +19,7 @@ use futures_util::Stream;
 use guest_agent::ExecRequest;
 
 use crate::auth::{Auth, TOKEN_HEADER};
+use crate::commands;
 use crate::error::ApiError;
 use crate::sandboxes::{Entry, Sandboxes, sandbox_vm};
 use crate::wire;
@@ -31,6 +32,8 @@ pub struct App {
     pub(crate) public: String,
     /// Whether sandboxes reach the internet (the settings' `run.egress`).
     pub(crate) egress: bool,
+    /// Background commands, for status, logs and interrupt.
+    pub(crate) background: crate::commands::Background,
 }
 
 type Shared = State<Arc<App>>;
@@ -61,7 +64,18 @@ pub fn router(app: Arc<App>) -> Router {
             post(|| async { StatusCode::NO_CONTENT }),
         )
         .route(&format!("{proxy}/{EXECD_PORT}/ping"), get(ping))
-        .route(&format!("{proxy}/{EXECD_PORT}/command"), post(command))
+        .route(
+            &format!("{proxy}/{EXECD_PORT}/command"),
+            post(command).delete(command_interrupt),
+        )
+        .route(
+            &format!("{proxy}/{EXECD_PORT}/command/status/{{cmd}}"),
+            get(command_status),
+        )
+        .route(
+            &format!("{proxy}/{EXECD_PORT}/command/{{cmd}}/logs"),
+            get(command_logs),
+        )
         .route(
             &format!("{proxy}/{EXECD_PORT}/files/upload"),
             post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
@@ -330,10 +344,10 @@ fn sse(ev: &wire::StreamEvent) -> Event {
     Event::default().data(serde_json::to_string(ev).unwrap_or_default())
 }
 
-/// One command, as execd's SSE: `init` with the execution id, one `stdout`/`stderr` event per
-/// line, then `execution_complete`, or `error` with the exit code in `evalue` (`-1` for a
-/// timeout), and the stream ends. The output arrives when the command ends: the guest agent
-/// reports it then.
+/// One command, as execd's SSE: `init` with the execution id, one `stdout`/`stderr` event
+/// per line as the command prints it, then `execution_complete`, or `error` with the exit code
+/// in `evalue` (`-1` when the timeout killed it), and the stream ends. A background command
+/// gets `init` and `execution_complete` at once; its output is in its logs.
 async fn command(
     State(app): Shared,
     headers: HeaderMap,
@@ -352,86 +366,171 @@ async fn command(
             ));
         }
     };
-    if req.background {
-        return Err(ApiError::invalid(
-            "background",
-            "background commands are not served yet",
-        ));
-    }
     let sample = entry
         .sample()
         .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
-    let mut exec = ExecRequest::new(argv);
-    for (k, v) in entry.env.iter().chain(&req.envs) {
-        exec = exec.env(k.clone(), v);
-    }
-    if let Some(c) = req.cwd {
-        exec = exec.cwd(c);
-    }
-    if let Some(ms) = req.timeout {
-        exec = exec.timeout(Duration::from_millis(ms.max(1)));
-    }
-    let exec_id = format!("{:016x}", rand::random::<u64>());
+    let vm = sandbox_vm(&sample)?;
+    let spec = commands::Spec {
+        argv,
+        env: entry
+            .env
+            .iter()
+            .chain(&req.envs)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        cwd: req.cwd,
+        combined: req.background,
+    };
+    let started = Arc::new(commands::start(vm.agent(), spec).await?);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<wire::StreamEvent>();
     let mut init = event("init");
-    init.text = Some(exec_id);
+    init.text = Some(started.id.clone());
     let _ = tx.send(init);
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let r = match sandbox_vm(&sample) {
-            Ok(vm) => vm.exec(exec).await,
-            Err(e) => Err(e),
-        };
-        let error = |evalue: String, trace: String| {
-            let mut ev = event("error");
-            ev.error = Some(wire::StreamError {
-                ename: "CommandExecError",
-                evalue,
-                traceback: vec![trace],
-            });
-            ev
-        };
-        match r {
-            Ok(out) => {
-                for (kind, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
-                    for line in String::from_utf8_lossy(bytes).lines() {
-                        let mut ev = event(kind);
-                        ev.text = Some(line.to_owned());
-                        let _ = tx.send(ev);
+    if req.background {
+        app.background.keep(&id, started);
+        let mut done = event("execution_complete");
+        done.execution_time = Some(0);
+        let _ = tx.send(done);
+    } else {
+        let deadline = req
+            .timeout
+            .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let (otx, mut orx) = tokio::sync::mpsc::unbounded_channel();
+            let follow = started.follow(deadline, otx);
+            let relay = async {
+                while let Some(o) = orx.recv().await {
+                    let ev = match o {
+                        commands::Output::Stdout(line) => text_event("stdout", line),
+                        commands::Output::Stderr(line) => text_event("stderr", line),
+                        commands::Output::Exit(Some(0)) => {
+                            let mut ev = event("execution_complete");
+                            ev.execution_time = Some(t.elapsed().as_millis() as u64);
+                            ev
+                        }
+                        commands::Output::Exit(Some(code)) => {
+                            error_event(code.to_string(), format!("exit status {code}"))
+                        }
+                        commands::Output::Exit(None) => {
+                            error_event("-1".into(), "killed: the timeout passed".into())
+                        }
+                    };
+                    if tx.send(ev).is_err() {
+                        break;
                     }
                 }
-                if out.status == 0 {
-                    let mut ev = event("execution_complete");
-                    ev.execution_time = Some(started.elapsed().as_millis() as u64);
-                    let _ = tx.send(ev);
-                } else {
-                    let _ = tx.send(error(
-                        out.status.to_string(),
-                        format!("exit status {}", out.status),
-                    ));
-                }
+            };
+            let (followed, ()) = tokio::join!(follow, relay);
+            if let Err(e) = followed {
+                let _ = tx.send(error_event(e.to_string(), e.to_string()));
             }
-            Err(pvesandbox::Error::Agent(guest_agent::Error::Timeout {
-                stdout, stderr, ..
-            })) => {
-                for (kind, bytes) in [("stdout", &stdout), ("stderr", &stderr)] {
-                    for line in String::from_utf8_lossy(bytes).lines() {
-                        let mut ev = event(kind);
-                        ev.text = Some(line.to_owned());
-                        let _ = tx.send(ev);
-                    }
-                }
-                let _ = tx.send(error("-1".into(), "killed: timeout".into()));
-            }
-            Err(e) => {
-                let _ = tx.send(error(e.to_string(), e.to_string()));
-            }
-        }
-    });
+            started.forget().await;
+        });
+    }
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|ev| (Ok(sse(&ev)), rx))
     });
     Ok(Sse::new(stream))
+}
+
+fn text_event(kind: &'static str, text: String) -> wire::StreamEvent {
+    let mut ev = event(kind);
+    ev.text = Some(text);
+    ev
+}
+
+fn error_event(evalue: String, trace: String) -> wire::StreamEvent {
+    let mut ev = event("error");
+    ev.error = Some(wire::StreamError {
+        ename: "CommandExecError",
+        evalue,
+        traceback: vec![trace],
+    });
+    ev
+}
+
+/// `GET command/status/{cmd}`: whether a background command runs, and how it ended.
+async fn command_status(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path((id, cmd)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    app.endpoint_of(&id, &headers)?;
+    let c = app
+        .background
+        .get(&id, &cmd)
+        .ok_or_else(|| no_command(&cmd))?;
+    let mut v = serde_json::json!({
+        "id": c.id,
+        "running": true,
+        "started_at": crate::sandboxes::rfc3339(c.started_at),
+    });
+    if let Some(code) = c.exit().await? {
+        v["running"] = false.into();
+        v["exit_code"] = code.into();
+    }
+    Ok(Json(v))
+}
+
+/// `GET command/{cmd}/logs?cursor=N`: its output from byte `N`; the next cursor comes back
+/// in `EXECD-COMMANDS-TAIL-CURSOR` (a byte offset, as execd's is).
+async fn command_logs(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path((id, cmd)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.endpoint_of(&id, &headers)?;
+    let c = app
+        .background
+        .get(&id, &cmd)
+        .ok_or_else(|| no_command(&cmd))?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let cursor: u64 = match pairs.iter().find(|(k, _)| k == "cursor") {
+        Some((_, v)) => v
+            .parse()
+            .map_err(|_| ApiError::invalid("cursor", "a byte offset"))?,
+        None => 0,
+    };
+    let bytes = c.log(cursor).await?;
+    let next = cursor + bytes.len() as u64;
+    let mut res = (StatusCode::OK, bytes).into_response();
+    res.headers_mut()
+        .insert("EXECD-COMMANDS-TAIL-CURSOR", HeaderValue::from(next));
+    Ok(res)
+}
+
+/// `DELETE command?id=`: interrupts a background command's whole process group.
+async fn command_interrupt(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    app.endpoint_of(&id, &headers)?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid("query", e))?;
+    let cmd = pairs
+        .iter()
+        .find(|(k, _)| k == "id")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| ApiError::invalid("id", "required: the command's id"))?;
+    let c = app
+        .background
+        .get(&id, &cmd)
+        .ok_or_else(|| no_command(&cmd))?;
+    c.kill("TERM").await?;
+    Ok(StatusCode::OK)
+}
+
+fn no_command(cmd: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: format!("no background command {cmd:?} in this sandbox"),
+    }
 }
 
 /// Octal digits written as a decimal number (`755`), as the SDK sends a mode.

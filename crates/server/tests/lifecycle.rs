@@ -207,17 +207,124 @@ async fn a_sandbox_through_the_opensandbox_api() {
         events(&res.text().await.unwrap())
     };
     let evs = run(json!({"command": "echo $GREETING; echo oops >&2; exit 3"})).await;
-    let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["init", "stdout", "stderr", "error"], "{evs:?}");
+    // Each stream keeps its order; the two are read apart, so they interleave as they come.
+    let of = |kind: &str| -> Vec<String> {
+        evs.iter()
+            .filter(|e| e["type"] == kind)
+            .map(|e| e["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(evs[0]["type"], "init", "{evs:?}");
+    assert_eq!(
+        (of("stdout"), of("stderr")),
+        (vec!["hello".to_owned()], vec!["oops".to_owned()])
+    );
     assert!(evs.iter().all(|e| e["timestamp"].is_i64()), "{evs:?}");
-    assert_eq!(evs[1]["text"], "hello");
-    assert_eq!(evs[2]["text"], "oops");
-    assert_eq!(evs[3]["error"]["evalue"], "3");
+    let last = evs.last().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["error"]["evalue"].as_str()),
+        (Some("error"), Some("3")),
+        "{evs:?}"
+    );
     let evs = run(json!({"command": "pwd", "cwd": "/tmp"})).await;
     assert_eq!(evs[1]["text"], "/tmp");
     assert_eq!(evs.last().unwrap()["type"], "execution_complete", "{evs:?}");
     let evs = run(json!({"command": "sleep 30", "timeout": 300})).await;
     assert_eq!(evs.last().unwrap()["error"]["evalue"], "-1", "{evs:?}");
+
+    // Streaming: the first line arrives while the command still waits for a file that is only
+    // made after the line was seen (a stream that waited for the end would time out first).
+    let res = execd_call(M::POST, "/command")
+        .json(&json!({
+            "command": "echo first; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second",
+            "timeout": 60000,
+        }))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("\"first\"") {
+        use futures_util::StreamExt;
+        let chunk = body
+            .next()
+            .await
+            .expect("the stream ended before the first line")
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    run(json!({"command": "touch /tmp/go"})).await;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let evs = events(&seen);
+    let texts: Vec<&str> = evs
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .skip(1)
+        .collect();
+    assert_eq!(texts, ["first", "second"], "{evs:?}");
+    assert_eq!(evs.last().unwrap()["type"], "execution_complete", "{evs:?}");
+
+    // Background: init and complete at once; status, logs with a byte cursor, interrupt.
+    let evs =
+        run(json!({"command": "echo bg-out; echo bg-err >&2; echo bg-done", "background": true}))
+            .await;
+    let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["init", "execution_complete"], "{evs:?}");
+    let cmd = evs[0]["text"].as_str().unwrap().to_owned();
+    let status = loop {
+        let s: Value = execd_call(M::GET, &format!("/command/status/{cmd}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["running"] == false {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["exit_code"], 0, "{status}");
+    let logs = execd_call(M::GET, &format!("/command/{cmd}/logs"))
+        .send()
+        .await
+        .unwrap();
+    let cursor: u64 = logs.headers()["EXECD-COMMANDS-TAIL-CURSOR"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = logs.text().await.unwrap();
+    assert_eq!(text, "bg-out\nbg-err\nbg-done\n");
+    assert_eq!(cursor, text.len() as u64);
+    let more = execd_call(M::GET, &format!("/command/{cmd}/logs?cursor={cursor}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(more.text().await.unwrap(), "");
+    let evs = run(json!({"command": "sleep 100000", "background": true})).await;
+    let cmd = evs[0]["text"].as_str().unwrap().to_owned();
+    let stop = execd_call(M::DELETE, &format!("/command?id={cmd}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stop.status().as_u16(), 200);
+    let status = loop {
+        let s: Value = execd_call(M::GET, &format!("/command/status/{cmd}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["running"] == false {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["exit_code"], 143, "SIGTERM: {status}");
 
     // Files: a multipart upload into a new directory, then ranges back.
     let data: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();

@@ -17,6 +17,7 @@ import pytest
 from opensandbox.config.connection_sync import ConnectionConfigSync
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.execd import RunCommandOpts
+from opensandbox.models.execd_sync import ExecutionHandlersSync
 from opensandbox.models.sandboxes import SandboxFilter
 from opensandbox.sync import SandboxManagerSync, SandboxSync
 
@@ -94,6 +95,33 @@ def test_a_sandbox_through_the_sdk(server):
     assert (ex.exit_code, [m.text for m in ex.logs.stdout]) == (0, ["/tmp"])
     ex = sb.commands.run("sleep 30", opts=RunCommandOpts(timeout=timedelta(seconds=1)))
     assert ex.exit_code == -1
+
+    # Streaming: the handler sees the first line while the command still waits for a file
+    # that the handler itself creates through a second connection.
+    other = SandboxSync.connect(sb.id, connection_config=cfg)
+    seen = []
+
+    def on_stdout(msg):
+        seen.append(msg.text)
+        if msg.text == "first":
+            other.commands.run("touch /tmp/go")
+
+    ex = sb.commands.run(
+        "echo first; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second",
+        opts=RunCommandOpts(timeout=timedelta(seconds=60)),
+        handlers=ExecutionHandlersSync(on_stdout=on_stdout),
+    )
+    assert (ex.exit_code, seen) == (0, ["first", "second"])
+
+    # Background: no exit code at once; status and logs later.
+    ex = sb.commands.run("echo bg; exit 5", opts=RunCommandOpts(background=True))
+    assert ex.exit_code is None and ex.id
+    deadline = time.time() + 60
+    while sb.commands.get_command_status(ex.id).running:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert sb.commands.get_command_status(ex.id).exit_code == 5
+    assert sb.commands.get_background_command_logs(ex.id).content == "bg\n"
 
     # Files both ways, binary, 5 MiB, into a directory that does not exist yet.
     blob = os.urandom(5 * 1024 * 1024)

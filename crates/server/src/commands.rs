@@ -1,0 +1,252 @@
+//! Commands as execd runs them: started detached in the guest with their output in files, and
+//! tailed from here with paged `file-read`, so a line reaches the client while the command
+//! still runs (the guest agent's own exec reports output only at exit).
+//!
+//! In the guest, each command has a directory `/run/pvesandbox-cmd/<id>` holding `out`, `err`
+//! (background commands: both streams in `out`, as execd's log), `pid` (its process group: it
+//! runs under `setsid`) and, once it ended, `rc`. The directory is removed after a foreground
+//! command was reported; background ones keep it for their logs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use guest_agent::{ExecRequest, GuestAgent};
+
+/// Where the per-command directories live in the guest (tmpfs, root's).
+const DIR: &str = "/run/pvesandbox-cmd";
+
+/// How often a running command's files are read: the latency a line can take to reach the
+/// client, against two or three agent calls per round.
+pub const TAIL_EVERY: Duration = Duration::from_millis(100);
+
+/// The most one read of a stream takes (a chatty command is drained in rounds of this).
+const READ_MAX: u64 = 256 * 1024;
+
+/// Runs `"$@"` detached, in its own session, its output into the directory `$1`, and writes
+/// its exit status to `rc` (through a rename, so a reader never sees half a number). The
+/// wrapper traps (rather than ignores, which the command would inherit) the signals an
+/// interrupt sends its process group, so it outlives the command to write `rc`.
+const SPAWN: &str = r#"d=$1; both=$2; shift 2
+mkdir -p "$d" && : >"$d/out" && : >"$d/err" || exit 97
+if [ "$both" = 1 ]; then e="$d/out"; else e="$d/err"; fi
+setsid sh -c 'trap : TERM INT HUP; d=$1; e=$2; shift 2; "$@" >>"$d/out" 2>>"$e" </dev/null; echo $? >"$d/rc.part"; mv "$d/rc.part" "$d/rc"' run "$d" "$e" "$@" >/dev/null 2>&1 </dev/null &
+echo $! >"$d/pid"
+"#;
+
+/// What was asked for.
+pub struct Spec {
+    /// The command.
+    pub argv: Vec<String>,
+    /// Environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: Option<String>,
+    /// Both streams into one log (background commands).
+    pub combined: bool,
+}
+
+/// A started command.
+#[derive(Debug)]
+pub struct Started {
+    /// Its id (the `init` event's text).
+    pub id: String,
+    dir: String,
+    agent: GuestAgent,
+    /// When it started.
+    pub started_at: SystemTime,
+}
+
+/// A piece of output, or the end.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// One line of stdout, without its newline.
+    Stdout(String),
+    /// One line of stderr.
+    Stderr(String),
+    /// The exit status (128+N for a signal), or `None` when the timeout killed it.
+    Exit(Option<i32>),
+}
+
+/// Starts `spec` in the guest behind `agent`.
+pub async fn start(agent: &GuestAgent, spec: Spec) -> Result<Started, pvesandbox::Error> {
+    let id = format!("{:016x}", rand::random::<u64>());
+    let dir = format!("{DIR}/{id}");
+    let mut argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        SPAWN.to_owned(),
+        "spawn".to_owned(),
+        dir.clone(),
+        if spec.combined { "1" } else { "0" }.to_owned(),
+    ];
+    argv.extend(spec.argv);
+    let mut req = ExecRequest::new(argv).timeout(Duration::from_secs(60));
+    for (k, v) in spec.env {
+        req = req.env(k, v);
+    }
+    if let Some(c) = spec.cwd {
+        req = req.cwd(c);
+    }
+    let out = agent.exec(&req).await?;
+    if !out.success() {
+        return Err(pvesandbox::Error::Config {
+            field: "command".into(),
+            value: String::new(),
+            fix: format!(
+                "could not be started (status {}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(Started {
+        id,
+        dir,
+        agent: agent.clone(),
+        started_at: SystemTime::now(),
+    })
+}
+
+impl Started {
+    fn file(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir)
+    }
+
+    /// Its exit status if it ended (the `rc` file; a guest writing nonsense there reads as
+    /// "ended, status unknown" = 255).
+    pub async fn exit(&self) -> Result<Option<i32>, pvesandbox::Error> {
+        match self.agent.read_at(&self.file("rc"), 0, 16).await {
+            Ok(b) => Ok(Some(
+                String::from_utf8_lossy(&b).trim().parse().unwrap_or(255),
+            )),
+            Err(guest_agent::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stops its whole process group (`signal`: `TERM` for an interrupt, `KILL` for a timeout).
+    pub async fn kill(&self, signal: &str) -> Result<(), pvesandbox::Error> {
+        let script = "p=$(cat \"$1/pid\") && kill -s \"$2\" -- \"-$p\" 2>/dev/null; true";
+        let req = ExecRequest::new([
+            "sh".to_owned(),
+            "-c".to_owned(),
+            script.to_owned(),
+            "kill".to_owned(),
+            self.dir.clone(),
+            signal.to_owned(),
+        ])
+        .user("root")
+        .timeout(Duration::from_secs(30));
+        self.agent.exec(&req).await?;
+        Ok(())
+    }
+
+    /// Bytes of its stdout log from `offset` (at most [`READ_MAX`]).
+    pub async fn log(&self, offset: u64) -> Result<Vec<u8>, pvesandbox::Error> {
+        Ok(self
+            .agent
+            .read_at(&self.file("out"), offset, READ_MAX)
+            .await?)
+    }
+
+    /// Removes its directory.
+    pub async fn forget(&self) {
+        let req = ExecRequest::new(["rm".to_owned(), "-rf".to_owned(), self.dir.clone()])
+            .user("root")
+            .timeout(Duration::from_secs(30));
+        let _ = self.agent.exec(&req).await;
+    }
+
+    /// Sends its output line by line as it comes, then its end, to `out`; kills it at
+    /// `deadline`. Stops early (leaving it running) when the receiver is gone.
+    pub async fn follow(
+        &self,
+        deadline: Option<Instant>,
+        out: tokio::sync::mpsc::UnboundedSender<Output>,
+    ) -> Result<(), pvesandbox::Error> {
+        let mut streams = [
+            (self.file("out"), 0u64, Vec::new(), true),
+            (self.file("err"), 0u64, Vec::new(), false),
+        ];
+        let mut ended: Option<Option<i32>> = None;
+        loop {
+            let mut got = false;
+            for (path, offset, partial, is_out) in &mut streams {
+                let bytes = self.agent.read_at(path, *offset, READ_MAX).await?;
+                *offset += bytes.len() as u64;
+                got |= !bytes.is_empty();
+                partial.extend_from_slice(&bytes);
+                while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=nl).collect();
+                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                    let msg = if *is_out {
+                        Output::Stdout(text)
+                    } else {
+                        Output::Stderr(text)
+                    };
+                    if out.send(msg).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(end) = ended {
+                // Drained after the end: what is left is a last line without a newline.
+                for (_, _, partial, is_out) in &mut streams {
+                    if !partial.is_empty() {
+                        let text = String::from_utf8_lossy(partial).into_owned();
+                        let _ = out.send(if *is_out {
+                            Output::Stdout(text)
+                        } else {
+                            Output::Stderr(text)
+                        });
+                    }
+                }
+                let _ = out.send(Output::Exit(end));
+                return Ok(());
+            }
+            if got {
+                continue;
+            }
+            if let Some(rc) = self.exit().await? {
+                ended = Some(Some(rc));
+                continue;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.kill("KILL").await?;
+                ended = Some(None);
+                continue;
+            }
+            if out.is_closed() {
+                return Ok(());
+            }
+            tokio::time::sleep(TAIL_EVERY).await;
+        }
+    }
+}
+
+/// Background commands by id, for status, logs and interrupt.
+#[derive(Default)]
+pub struct Background {
+    by_id: Mutex<HashMap<String, (String, Arc<Started>)>>,
+}
+
+impl Background {
+    /// Keeps `cmd` of sandbox `sandbox`.
+    pub fn keep(&self, sandbox: &str, cmd: Arc<Started>) {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cmd.id.clone(), (sandbox.to_owned(), cmd));
+    }
+
+    /// The command `id` of sandbox `sandbox`.
+    pub fn get(&self, sandbox: &str, id: &str) -> Option<Arc<Started>> {
+        self.by_id
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .filter(|(s, _)| s == sandbox)
+            .map(|(_, c)| c.clone())
+    }
+}
