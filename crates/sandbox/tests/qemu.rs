@@ -49,7 +49,7 @@ async fn a_resumed_sample_runs_on_with_its_clock_set_to_the_hosts() {
     vm.exec(ExecRequest::new([
         "sh",
         "-c",
-        "nohup sh -c 'echo $$ > /root/loop.pid; while :; do sleep 0.05; done' >/dev/null 2>&1 &",
+        "nohup sh -c 'while :; do sleep 0.05; done' >/dev/null 2>&1 & echo $! > /root/loop.pid",
     ]))
     .await
     .unwrap();

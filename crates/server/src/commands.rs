@@ -23,6 +23,14 @@ pub const TAIL_EVERY: Duration = Duration::from_millis(100);
 /// The most one read of a stream takes (a chatty command is drained in rounds of this).
 const READ_MAX: u64 = 256 * 1024;
 
+/// The longest line held back waiting for its newline: the guest decides what it prints, so a
+/// line without end is sent on in pieces of this size rather than kept in memory.
+const LINE_MAX: usize = 64 * 1024;
+
+/// How many output events may wait for a slow client before the guest's output is left in
+/// its files until the client catches up (the files are the buffer, not this process).
+pub const QUEUE: usize = 256;
+
 /// Runs `"$@"` detached, in its own session, its output into the directory `$1`, and writes
 /// its exit status to `rc` (through a rename, so a reader never sees half a number). The
 /// wrapper traps (rather than ignores, which the command would inherit) the signals an
@@ -163,7 +171,7 @@ impl Started {
     pub async fn follow(
         &self,
         deadline: Option<Instant>,
-        out: tokio::sync::mpsc::UnboundedSender<Output>,
+        out: tokio::sync::mpsc::Sender<Output>,
     ) -> Result<(), pvesandbox::Error> {
         let mut streams = [
             (self.file("out"), 0u64, Vec::new(), true),
@@ -177,15 +185,21 @@ impl Started {
                 *offset += bytes.len() as u64;
                 got |= !bytes.is_empty();
                 partial.extend_from_slice(&bytes);
-                while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = partial.drain(..=nl).collect();
-                    let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                loop {
+                    let cut = match partial.iter().position(|b| *b == b'\n') {
+                        Some(nl) => nl + 1,
+                        None if partial.len() >= LINE_MAX => LINE_MAX,
+                        None => break,
+                    };
+                    let line: Vec<u8> = partial.drain(..cut).collect();
+                    let body = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let text = String::from_utf8_lossy(body).into_owned();
                     let msg = if *is_out {
                         Output::Stdout(text)
                     } else {
                         Output::Stderr(text)
                     };
-                    if out.send(msg).is_err() {
+                    if out.send(msg).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -195,14 +209,15 @@ impl Started {
                 for (_, _, partial, is_out) in &mut streams {
                     if !partial.is_empty() {
                         let text = String::from_utf8_lossy(partial).into_owned();
-                        let _ = out.send(if *is_out {
+                        let msg = if *is_out {
                             Output::Stdout(text)
                         } else {
                             Output::Stderr(text)
-                        });
+                        };
+                        let _ = out.send(msg).await;
                     }
                 }
-                let _ = out.send(Output::Exit(end));
+                let _ = out.send(Output::Exit(end)).await;
                 return Ok(());
             }
             if got {

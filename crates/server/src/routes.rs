@@ -382,22 +382,22 @@ async fn command(
         combined: req.background,
     };
     let started = Arc::new(commands::start(vm.agent(), spec).await?);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<wire::StreamEvent>();
+    let (tx, rx) = tokio::sync::mpsc::channel::<wire::StreamEvent>(commands::QUEUE);
     let mut init = event("init");
     init.text = Some(started.id.clone());
-    let _ = tx.send(init);
+    let _ = tx.try_send(init);
     if req.background {
         app.background.keep(&id, started);
         let mut done = event("execution_complete");
         done.execution_time = Some(0);
-        let _ = tx.send(done);
+        let _ = tx.try_send(done);
     } else {
         let deadline = req
             .timeout
             .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
         tokio::spawn(async move {
             let t = Instant::now();
-            let (otx, mut orx) = tokio::sync::mpsc::unbounded_channel();
+            let (otx, mut orx) = tokio::sync::mpsc::channel(commands::QUEUE);
             let follow = started.follow(deadline, otx);
             let relay = async {
                 while let Some(o) = orx.recv().await {
@@ -416,14 +416,14 @@ async fn command(
                             error_event("-1".into(), "killed: the timeout passed".into())
                         }
                     };
-                    if tx.send(ev).is_err() {
+                    if tx.send(ev).await.is_err() {
                         break;
                     }
                 }
             };
             let (followed, ()) = tokio::join!(follow, relay);
             if let Err(e) = followed {
-                let _ = tx.send(error_event(e.to_string(), e.to_string()));
+                let _ = tx.send(error_event(e.to_string(), e.to_string())).await;
             }
             started.forget().await;
         });
@@ -622,42 +622,85 @@ async fn download(
     let sample = entry
         .sample()
         .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
-    let data = sandbox_vm(&sample)?.read_file(&path, None).await?;
-    let len = data.len() as u64;
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) => Some(parse_range(r, len)?),
-        None => match (get("offset"), get("limit")) {
-            (None, None) => None,
-            (o, l) => {
-                let start: u64 = o
-                    .map_or(Ok(0), |o| o.parse())
-                    .map_err(|_| ApiError::invalid("offset", "an integer"))?;
-                let limit: u64 = l
-                    .map_or(Ok(u64::MAX), |l| l.parse())
-                    .map_err(|_| ApiError::invalid("limit", "an integer"))?;
-                Some((start.min(len), start.saturating_add(limit).min(len)))
-            }
-        },
-    };
+    let vm = sandbox_vm(&sample)?;
     let octets = HeaderValue::from_static("application/octet-stream");
-    Ok(match range {
-        None => ([(header::CONTENT_TYPE, octets)], data).into_response(),
-        Some((a, b)) => {
-            let body = data[a as usize..b as usize].to_vec();
-            let mut res = (
-                StatusCode::PARTIAL_CONTENT,
-                [(header::CONTENT_TYPE, octets)],
-                body,
-            )
-                .into_response();
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("bytes {a}-{}/{len}", b.saturating_sub(1)))
-            {
-                res.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            res
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let window = match (range, get("offset"), get("limit")) {
+        (None, None, None) => None,
+        (Some(r), _, _) => Some(Window::Range(r.to_owned())),
+        (None, o, l) => {
+            let start: u64 = o
+                .map_or(Ok(0), |o| o.parse())
+                .map_err(|_| ApiError::invalid("offset", "an integer"))?;
+            let limit: u64 = l
+                .map_or(Ok(DOWNLOAD_LIMIT), |l| l.parse())
+                .map_err(|_| ApiError::invalid("limit", "an integer"))?;
+            Some(Window::At(start, limit.min(DOWNLOAD_LIMIT)))
         }
-    })
+    };
+    let Some(window) = window else {
+        let data = vm.read_file(&path, Some(DOWNLOAD_LIMIT)).await?;
+        return Ok(([(header::CONTENT_TYPE, octets)], data).into_response());
+    };
+    // The size decides what a range means (`bytes=-n`); only the asked bytes are read.
+    let len = file_size(vm, &path).await?;
+    let (a, b) = match window {
+        Window::Range(r) => parse_range(&r, len)?,
+        Window::At(start, limit) => (start.min(len), start.saturating_add(limit).min(len)),
+    };
+    if b - a > DOWNLOAD_LIMIT {
+        return Err(ApiError::invalid(
+            "Range",
+            format!("at most {DOWNLOAD_LIMIT} bytes per request"),
+        ));
+    }
+    let body = vm.agent().read_at(&path, a, b - a).await?;
+    let mut res = (
+        StatusCode::PARTIAL_CONTENT,
+        [(header::CONTENT_TYPE, octets)],
+        body,
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{}/{len}", b.saturating_sub(1))) {
+        res.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    Ok(res)
+}
+
+/// What part of a file a download asks for.
+enum Window {
+    /// A `Range` header.
+    Range(String),
+    /// `offset` and `limit`.
+    At(u64, u64),
+}
+
+/// The largest download one request returns: it is held in memory on its way out, and the
+/// guest decides how large its files are.
+const DOWNLOAD_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// A file's size in the guest (`stat`; the agent has no call for it).
+async fn file_size(vm: &pvesandbox::SandboxVm, path: &str) -> Result<u64, ApiError> {
+    let out = vm
+        .exec(ExecRequest::new([
+            "stat".to_owned(),
+            "-L".to_owned(),
+            "-c".to_owned(),
+            "%s".to_owned(),
+            path.to_owned(),
+        ]))
+        .await?;
+    if !out.success() {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "NOT_FOUND",
+            message: format!("{path}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        });
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::invalid("path", "the guest reported no size for it"))
 }
 
 /// `bytes=a-b`, `bytes=a-`, `bytes=-n` as a half-open `[start, end)` within `len`.

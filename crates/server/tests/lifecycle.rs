@@ -377,8 +377,13 @@ async fn a_sandbox_through_the_opensandbox_api() {
     assert_eq!(l["items"].as_array().unwrap().len(), 0, "{l}");
 
     // Pause keeps the process; resume lets it go on.
-    run(json!({"command": "(sleep 100000 >/dev/null 2>&1 &) ; true"})).await;
-    let pid = run(json!({"command": "pgrep -f 'sleep 100000'"})).await[1]["text"].clone();
+    run(json!({"command": "sleep 100000 >/dev/null 2>&1 & echo $! > /root/sleeper.pid"})).await;
+    let alive = "kill -0 $(cat /root/sleeper.pid) && cat /root/sleeper.pid";
+    let pid = run(json!({ "command": alive })).await[1]["text"].clone();
+    assert!(
+        pid.as_str().is_some_and(|p| p.parse::<u32>().is_ok()),
+        "{pid}"
+    );
     let (status, _) = api
         .call(M::POST, &format!("/v1/sandboxes/{id}/pause"), None)
         .await;
@@ -402,10 +407,7 @@ async fn a_sandbox_through_the_opensandbox_api() {
         .call(M::POST, &format!("/v1/sandboxes/{id}/resume"), None)
         .await;
     assert_eq!(status, 202);
-    assert_eq!(
-        run(json!({"command": "pgrep -f 'sleep 100000'"})).await[1]["text"],
-        pid
-    );
+    assert_eq!(run(json!({ "command": alive })).await[1]["text"], pid);
 
     // Renew: later only.
     let (status, r) = api

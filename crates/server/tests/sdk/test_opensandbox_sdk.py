@@ -143,13 +143,14 @@ def test_a_sandbox_through_the_sdk(server):
     assert renewed.expires_at.timestamp() > time.time() + 3600
 
     # Pause keeps the process (and its RAM); resume lets it go on.
-    sb.commands.run("(sleep 100000 >/dev/null 2>&1 &); true")
-    pid = sb.commands.run("pgrep -f 'sleep 100000'").logs.stdout[0].text
+    sb.commands.run("sleep 100000 >/dev/null 2>&1 & echo $! > /root/sleeper.pid")
+    alive = "kill -0 $(cat /root/sleeper.pid) && cat /root/sleeper.pid"
+    pid = sb.commands.run(alive).logs.stdout[0].text
     sb.pause()
     assert sb.get_info().status.state == "Paused"
     sb = SandboxSync.resume(sb.id, connection_config=cfg, resume_timeout=READY)
     assert sb.get_info().status.state == "Running"
-    assert sb.commands.run("pgrep -f 'sleep 100000'").logs.stdout[0].text == pid
+    assert sb.commands.run(alive).logs.stdout[0].text == pid
 
     # Kill: then it is gone.
     sid = sb.id
