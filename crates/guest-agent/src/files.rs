@@ -195,10 +195,25 @@ impl GuestAgent {
     /// Errors: as [`read_file`](Self::read_file).
     pub async fn read_at(&self, path: &str, offset: u64, count: u64) -> Result<Vec<u8>> {
         let abs = self.resolve(path);
-        if self.inner.file_user.is_none()
-            && let Some(page) = self.read_page(path, &abs, offset, count).await?
-        {
-            return Ok(page);
+        if self.inner.file_user.is_none() {
+            // In pages PVE accepts: a `count` over its maximum is a parameter error that
+            // would read as "no paging here".
+            let mut out: Vec<u8> = Vec::new();
+            while (out.len() as u64) < count {
+                let have = out.len() as u64;
+                let want = READ_PAGE.min(count - have);
+                let Some(page) = self.read_page(path, &abs, offset + have, want).await? else {
+                    break;
+                };
+                let short = (page.len() as u64) < want;
+                out.extend_from_slice(&page);
+                if short {
+                    return Ok(out);
+                }
+            }
+            if self.inner.paged_reads.load(Ordering::Relaxed) != 2 {
+                return Ok(out);
+            }
         }
         let all = self.read_file(path, None).await?;
         let start = (offset as usize).min(all.len());

@@ -30,6 +30,8 @@ const MIN_TIMEOUT_SECS: i64 = 60;
 pub struct Sandboxes {
     fleet: Fleet,
     pool_id: String,
+    /// Whether sandboxes reach the internet (the settings' `run.egress`).
+    egress: bool,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
 }
 
@@ -227,6 +229,7 @@ impl Sandboxes {
     /// Sandboxes on `fleet`'s pool `pool_id`.
     pub fn new(fleet: Fleet, pool_id: String) -> Arc<Sandboxes> {
         Arc::new(Sandboxes {
+            egress: fleet.settings().run.egress,
             fleet,
             pool_id,
             entries: Mutex::new(BTreeMap::new()),
@@ -277,6 +280,23 @@ impl Sandboxes {
                 "platform",
                 format!("only linux/amd64 is served, not {}/{}", p.os, p.arch),
             ));
+        }
+        if let Some(p) = &req.network_policy {
+            let default = p.default_action.as_deref().unwrap_or("deny");
+            let enforced = if self.egress { "allow" } else { "deny" };
+            if default != enforced || !p.egress.is_empty() {
+                return Err(ApiError::invalid(
+                    "networkPolicy",
+                    format!(
+                        "per-sandbox egress rules are not served yet; sandboxes here {} (networkPolicy {{\"defaultAction\": \"{enforced}\", \"egress\": []}} is accepted)",
+                        if self.egress {
+                            "reach the internet but no private range"
+                        } else {
+                            "reach nothing outside their own network"
+                        }
+                    ),
+                ));
+            }
         }
         let timeout = match req.timeout {
             None => None,

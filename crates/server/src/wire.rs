@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/sandboxes` (fields we do not act on are accepted and ignored, as the spec's
-/// "runtime may ignore" allows; `volumes`, `platform` and `networkPolicy` are refused when
-/// set, since silently dropping them would lie).
+/// "runtime may ignore" allows; `volumes`, `platform` and a `networkPolicy` other than what
+/// is enforced are refused, since silently dropping them would lie).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateSandboxRequest {
@@ -39,6 +39,21 @@ pub struct CreateSandboxRequest {
     /// Restoring from a snapshot: not served yet.
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// Egress rules: only the policy the hypervisor already enforces is accepted.
+    #[serde(default)]
+    pub network_policy: Option<NetworkPolicy>,
+}
+
+/// `networkPolicy`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicy {
+    /// `allow` or `deny`.
+    #[serde(default)]
+    pub default_action: Option<String>,
+    /// Rules in order.
+    #[serde(default)]
+    pub egress: Vec<serde_json::Value>,
 }
 
 /// `image`.

@@ -122,6 +122,19 @@ async fn a_sandbox_through_the_opensandbox_api() {
         body["message"].as_str().unwrap().contains("image.uri"),
         "{body}"
     );
+    // An egress policy the firewall does not enforce is refused, not dropped in silence.
+    let (status, body) = api
+        .call(
+            M::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": {"uri": "debian13"}, "networkPolicy": {"defaultAction": "allow", "egress": []}})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("networkPolicy"),
+        "{body}"
+    );
 
     let (status, created) = api
         .call(
