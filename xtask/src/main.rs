@@ -44,44 +44,7 @@ fn root() -> PathBuf {
 }
 
 fn fakepve_venv(sh: &Shell, force: bool) -> Result<()> {
-    let venv = root().join(".venv-fakepve");
-    let python = venv.join("bin/python");
-    if !force
-        && python.exists()
-        && cmd!(sh, "{python} -c 'import fakepve'")
-            .quiet()
-            .ignore_stdout()
-            .ignore_stderr()
-            .run()
-            .is_ok()
-    {
-        return Ok(());
-    }
-    let py = ["python3", "python"]
-        .into_iter()
-        .find(|p| {
-            cmd!(sh, "{p} --version")
-                .quiet()
-                .ignore_stdout()
-                .ignore_stderr()
-                .run()
-                .is_ok()
-        })
-        .context("python3 is needed for the fakepve tests")?;
-    eprintln!("xtask: creating {} with {FAKEPVE}", venv.display());
-    cmd!(sh, "{py} -m venv {venv}").run()?;
-    let pip = venv.join("bin/pip");
-    // pip must reach PyPI: lift the blackhole proxy CI sets so nothing else phones home.
-    cmd!(
-        sh,
-        "{pip} install --quiet --disable-pip-version-check {FAKEPVE}"
-    )
-    .env_remove("HTTPS_PROXY")
-    .env_remove("HTTP_PROXY")
-    .env_remove("https_proxy")
-    .env_remove("http_proxy")
-    .run()?;
-    Ok(())
+    pinned_venv(sh, &root().join(".venv-fakepve"), &[FAKEPVE], force)
 }
 
 /// Creates the venv `venv` with exactly `pins` unless it already has them (`force`:
@@ -91,7 +54,7 @@ pub(crate) fn pinned_venv(sh: &Shell, venv: &Path, pins: &[&str], force: bool) -
     let python = venv.join("bin/python");
     let check = "import importlib.metadata as m, sys; \
                  pins = sys.argv[1:]; \
-                 sys.exit(any(m.version(p.split('==')[0]) != p.split('==')[1] for p in pins))";
+                 sys.exit(any(m.version(p.split('==')[0].split('[')[0]) != p.split('==')[1] for p in pins))";
     if !force
         && python.exists()
         && cmd!(sh, "{python} -c {check} {pins...}")

@@ -226,16 +226,7 @@ async fn pause(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.key(&headers)?;
-    let entry = app.sandboxes.get(&id)?;
-    let sample = entry.sample().ok_or_else(|| {
-        ApiError::conflict(format!(
-            "sandbox {id} is {}; only a running one pauses",
-            entry.state()
-        ))
-    })?;
-    sample.pause().await?;
-    Ok(StatusCode::ACCEPTED)
+    power(&app, &headers, &id, true).await
 }
 
 async fn resume(
@@ -243,15 +234,33 @@ async fn resume(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.key(&headers)?;
-    let entry = app.sandboxes.get(&id)?;
-    let sample = entry.sample().ok_or_else(|| {
-        ApiError::conflict(format!(
-            "sandbox {id} is {}; only a paused one resumes",
+    power(&app, &headers, &id, false).await
+}
+
+async fn power(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+    pause: bool,
+) -> Result<StatusCode, ApiError> {
+    app.key(headers)?;
+    let entry = app.sandboxes.get(id)?;
+    let Some(sample) = entry.sample() else {
+        let only = if pause {
+            "only a running one pauses"
+        } else {
+            "only a paused one resumes"
+        };
+        return Err(ApiError::conflict(format!(
+            "sandbox {id} is {}; {only}",
             entry.state()
-        ))
-    })?;
-    sample.resume().await?;
+        )));
+    };
+    if pause {
+        sample.pause().await?;
+    } else {
+        sample.resume().await?;
+    }
     Ok(StatusCode::ACCEPTED)
 }
 

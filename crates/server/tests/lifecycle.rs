@@ -280,25 +280,31 @@ async fn a_sandbox_through_the_opensandbox_api() {
     assert_eq!(evs.last().unwrap()["type"], "execution_complete", "{evs:?}");
 
     // Background: init and complete at once; status, logs with a byte cursor, interrupt.
+    let ended = |cmd: &str| {
+        let path = format!("/command/status/{cmd}");
+        async move {
+            loop {
+                let s: Value = execd_call(M::GET, &path)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if s["running"] == false {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let evs =
         run(json!({"command": "echo bg-out; echo bg-err >&2; echo bg-done", "background": true}))
             .await;
     let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["init", "execution_complete"], "{evs:?}");
     let cmd = evs[0]["text"].as_str().unwrap().to_owned();
-    let status = loop {
-        let s: Value = execd_call(M::GET, &format!("/command/status/{cmd}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["running"] == false {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = ended(&cmd).await;
     assert_eq!(status["exit_code"], 0, "{status}");
     let logs = execd_call(M::GET, &format!("/command/{cmd}/logs"))
         .send()
@@ -324,19 +330,7 @@ async fn a_sandbox_through_the_opensandbox_api() {
         .await
         .unwrap();
     assert_eq!(stop.status().as_u16(), 200);
-    let status = loop {
-        let s: Value = execd_call(M::GET, &format!("/command/status/{cmd}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if s["running"] == false {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = ended(&cmd).await;
     assert_eq!(status["exit_code"], 143, "SIGTERM: {status}");
 
     // Files: a multipart upload into a new directory, then ranges back.
