@@ -14,7 +14,6 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use futures_util::Stream;
 use guest_agent::ExecRequest;
 
@@ -44,47 +43,109 @@ type Shared = State<Arc<App>>;
 const UPLOAD_LIMIT: usize = 256 * 1024 * 1024;
 
 /// The execd port OpenSandbox's SDK asks an endpoint for.
-const EXECD_PORT: u16 = 44772;
+pub const EXECD_PORT: u16 = 44772;
 /// The egress sidecar's port.
-const EGRESS_PORT: u16 = 18080;
+pub const EGRESS_PORT: u16 = 18080;
+
+/// Which API a route belongs to, and so where its path is rooted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `sandbox-lifecycle.yml`, under `/v1`.
+    Lifecycle,
+    /// `execd-api.yaml`, under a sandbox's execd endpoint.
+    Execd,
+    /// `egress-api.yaml`, under a sandbox's egress endpoint.
+    Egress,
+    /// Not in OpenSandbox's specs: ours, or what its SDK sends beyond them; the path is whole.
+    Ours,
+}
+
+impl Api {
+    /// Where the spec's paths are rooted on this server.
+    pub fn root(self) -> String {
+        match self {
+            Api::Lifecycle => "/v1".to_owned(),
+            Api::Execd => format!("/v1/sandboxes/{{sandboxId}}/proxy/{EXECD_PORT}"),
+            Api::Egress => format!("/v1/sandboxes/{{sandboxId}}/proxy/{EGRESS_PORT}"),
+            Api::Ours => String::new(),
+        }
+    }
+}
+
+/// One served route: its API, method and path as that API's spec writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// The API (and so the spec) it belongs to.
+    pub api: Api,
+    /// `GET`, `POST`, `DELETE`, ...
+    pub method: &'static str,
+    /// The path within the API's root, with the spec's parameter names.
+    pub path: &'static str,
+}
+
+impl Route {
+    /// The path this server serves it at.
+    pub fn full_path(&self) -> String {
+        format!("{}{}", self.api.root(), self.path)
+    }
+}
+
+/// One row per route, making both [`ROUTES`] (what the contract test checks against the
+/// specs) and the router, so the two cannot disagree.
+macro_rules! routes {
+    ($( $api:ident $method:ident $path:literal => $handler:expr $(, limit $limit:expr)? ;)*) => {
+        /// Every route served, in the order of [`router`]'s table.
+        pub const ROUTES: &[Route] = &[$(Route {
+            api: Api::$api,
+            method: const_upper(stringify!($method)),
+            path: $path,
+        }),*];
+
+        fn table(router: Router<Arc<App>>) -> Router<Arc<App>> {
+            router $(.route(
+                &Route { api: Api::$api, method: "", path: $path }.full_path(),
+                axum::routing::$method($handler) $(.layer(DefaultBodyLimit::max($limit)))?,
+            ))*
+        }
+    };
+}
+
+/// `get` → `GET`, for the three methods used (a `const fn` cannot build strings).
+const fn const_upper(m: &'static str) -> &'static str {
+    match m.as_bytes() {
+        b"get" => "GET",
+        b"post" => "POST",
+        b"delete" => "DELETE",
+        b"put" => "PUT",
+        b"patch" => "PATCH",
+        _ => panic!("a method routes! does not know"),
+    }
+}
+
+routes! {
+    Lifecycle post "/sandboxes" => create;
+    Lifecycle get "/sandboxes" => list;
+    Lifecycle get "/sandboxes/{sandboxId}" => get_one;
+    Lifecycle delete "/sandboxes/{sandboxId}" => delete;
+    Lifecycle post "/sandboxes/{sandboxId}/pause" => pause;
+    Lifecycle post "/sandboxes/{sandboxId}/resume" => resume;
+    Lifecycle post "/sandboxes/{sandboxId}/renew-expiration" => renew;
+    Lifecycle get "/sandboxes/{sandboxId}/endpoints/{port}" => endpoint;
+    // The SDK reports create timings here, fire-and-forget (not in the spec).
+    Ours post "/v1/metrics/events" => || async { StatusCode::NO_CONTENT };
+    Execd get "/ping" => ping;
+    Execd post "/command" => command;
+    Execd delete "/command" => command_interrupt;
+    Execd get "/command/status/{id}" => command_status;
+    Execd get "/command/{id}/logs" => command_logs;
+    Execd post "/files/upload" => upload, limit UPLOAD_LIMIT;
+    Execd get "/files/download" => download;
+    Egress get "/policy" => policy;
+}
 
 /// The routes.
 pub fn router(app: Arc<App>) -> Router {
-    let proxy = "/v1/sandboxes/{id}/proxy";
-    Router::new()
-        .route("/v1/sandboxes", post(create).get(list))
-        .route("/v1/sandboxes/{id}", get(get_one).delete(delete))
-        .route("/v1/sandboxes/{id}/pause", post(pause))
-        .route("/v1/sandboxes/{id}/resume", post(resume))
-        .route("/v1/sandboxes/{id}/renew-expiration", post(renew))
-        .route("/v1/sandboxes/{id}/endpoints/{port}", get(endpoint))
-        // The SDK reports create timings here, fire-and-forget.
-        .route(
-            "/v1/metrics/events",
-            post(|| async { StatusCode::NO_CONTENT }),
-        )
-        .route(&format!("{proxy}/{EXECD_PORT}/ping"), get(ping))
-        .route(
-            &format!("{proxy}/{EXECD_PORT}/command"),
-            post(command).delete(command_interrupt),
-        )
-        .route(
-            &format!("{proxy}/{EXECD_PORT}/command/status/{{cmd}}"),
-            get(command_status),
-        )
-        .route(
-            &format!("{proxy}/{EXECD_PORT}/command/{{cmd}}/logs"),
-            get(command_logs),
-        )
-        .route(
-            &format!("{proxy}/{EXECD_PORT}/files/upload"),
-            post(upload).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
-        )
-        .route(
-            &format!("{proxy}/{EXECD_PORT}/files/download"),
-            get(download),
-        )
-        .route(&format!("{proxy}/{EGRESS_PORT}/policy"), get(policy))
+    table(Router::new())
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
