@@ -120,7 +120,7 @@ pub enum Error {
 pub enum ErrorKind {
     /// A setting, eval config field or argument is wrong: fix it and retry.
     Config,
-    /// The run, sample or sandbox named does not exist.
+    /// The run, sample or sandbox named does not exist, or a path in the guest.
     NotFound,
     /// Proxmox refused for a privilege the credentials lack (a 403 anywhere in the chain).
     PermissionDenied,
@@ -289,6 +289,8 @@ impl Error {
             Error::NoSuchSandbox { .. } | Error::NoSuchRun { .. } | Error::NotOurs { .. } => {
                 ErrorKind::NotFound
             }
+            // The caller named a path that is not there: theirs to fix, not the agent's fault.
+            Error::Agent(guest_agent::Error::NotFound { .. }) => ErrorKind::NotFound,
             Error::Agent(_) | Error::ClockFix { .. } => ErrorKind::GuestAgent,
             Error::WrongState { .. } => ErrorKind::Conflict,
             Error::SampleInit { leftover, .. } if !leftover.is_empty() => ErrorKind::Leftover,

@@ -193,17 +193,42 @@ impl Server {
     }
 }
 
-/// Echoes the client's `X-Request-ID` (the SDK puts it into its exceptions) or gives one.
+/// A random (version 4) UUID, the form the spec gives `X-Request-ID`.
+fn uuid_v4() -> String {
+    let r = rand::random::<u128>();
+    // Version 4 in bits 76..80, variant 10 in bits 62..64 (RFC 9562 §5.4).
+    let r = (r & !(0xf << 76)) | (0x4 << 76);
+    let r = (r & !(0x3 << 62)) | (0x2 << 62);
+    let h = format!("{r:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Echoes the client's `X-Request-ID` (the SDK puts it into its exceptions) or gives one, and
+/// runs the request in a span carrying it, so every log line of the request names it.
 async fn request_id(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument;
     let id = req
         .headers()
         .get("x-request-id")
         .cloned()
-        .or_else(|| format!("{:032x}", rand::random::<u128>()).parse().ok());
-    let mut res = next.run(req).await;
+        .or_else(|| uuid_v4().parse().ok());
+    let span = tracing::info_span!(
+        "request",
+        id = id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+        method = %req.method(),
+        path = req.uri().path(),
+    );
+    let mut res = next.run(req).instrument(span).await;
     if let Some(id) = id {
         res.headers_mut().insert("x-request-id", id);
     }

@@ -187,7 +187,10 @@ async fn create(State(app): Shared, headers: HeaderMap, body: Bytes) -> Result<R
     let req: wire::CreateSandboxRequest = json_body(&body)?;
     let entry = app.sandboxes.create(req).await?;
     let location = format!("/v1/sandboxes/{}", entry.id);
-    let mut res = (StatusCode::ACCEPTED, Json(entry.wire())).into_response();
+    // The spec's CreateSandboxResponse has no `image` (it marks undeclared fields out).
+    let mut created = entry.wire();
+    created.image = None;
+    let mut res = (StatusCode::ACCEPTED, Json(created)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
         res.headers_mut().insert(header::LOCATION, v);
     }
@@ -566,7 +569,13 @@ async fn command_logs(
     };
     let bytes = c.log(cursor).await?;
     let next = cursor + bytes.len() as u64;
-    let mut res = (StatusCode::OK, bytes).into_response();
+    // text/plain as the spec says; the bytes are the guest's, passed on as they are.
+    let mut res = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        bytes,
+    )
+        .into_response();
     res.headers_mut()
         .insert("EXECD-COMMANDS-TAIL-CURSOR", HeaderValue::from(next));
     Ok(res)
