@@ -29,6 +29,9 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in declaration order (the order `as usize` counts in).
+    pub const ALL: [Method; 4] = [Method::Get, Method::Post, Method::Put, Method::Delete];
+
     /// The method's name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -63,6 +66,40 @@ pub(crate) struct Inner {
     tickets: TicketStore,
     retries: u32,
     pacer: crate::pace::Pacer,
+    calls: Calls,
+}
+
+/// Requests sent (every attempt, retries included), by method and outcome; shared by clones.
+#[derive(Default)]
+struct Calls([[std::sync::atomic::AtomicU64; 2]; 4]);
+
+/// How many requests of one method a client and its clones sent ([`PveClient::calls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallCount {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub method: &'static str,
+    /// Answered with a 2xx (`false`: an HTTP error or no answer at all).
+    pub ok: bool,
+    /// How many.
+    pub count: u64,
+}
+
+impl PveClient {
+    /// Requests this client and its clones sent so far, per method and outcome.
+    pub fn calls(&self) -> Vec<CallCount> {
+        let mut out = Vec::new();
+        for m in Method::ALL {
+            for ok in [true, false] {
+                out.push(CallCount {
+                    method: m.as_str(),
+                    ok,
+                    count: self.inner.calls.0[m as usize][usize::from(ok)]
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                });
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Debug for PveClient {
@@ -294,6 +331,7 @@ impl PveClientBuilder {
                 tickets: TicketStore::new(self.renew_after),
                 retries: self.retries,
                 pacer: crate::pace::Pacer::new(self.pacing),
+                calls: Calls::default(),
             }),
         })
     }
@@ -397,6 +435,8 @@ impl PveClient {
             loop {
                 let ticket = self.ticket(stale.take()).await?;
                 let result = self.send_once(method, path, &body, ticket.as_deref()).await;
+                self.inner.calls.0[method as usize][usize::from(result.is_ok())]
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match result {
                     Err(Error::Auth { .. }) if ticket.is_some() && !relogged => {
                         // The ticket was revoked or expired early: renew once, then give up.

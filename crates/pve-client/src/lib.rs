@@ -50,7 +50,7 @@ pub use api::{
     Upload,
 };
 pub use auth::Credentials;
-pub use client::{Method, PveClient, PveClientBuilder};
+pub use client::{CallCount, Method, PveClient, PveClientBuilder};
 pub use error::{Error, Result};
 pub use pace::{Pacer, Pacing, Schedule};
 pub use params::{ParamValue, Params};

@@ -201,6 +201,15 @@ impl Fleet {
         lock(&self.inner.samples).remove(id);
     }
 
+    /// Requests each instance's client sent to Proxmox so far, by instance id.
+    pub fn pve_calls(&self) -> Vec<(String, Vec<pve_client::CallCount>)> {
+        self.inner
+            .instances
+            .iter()
+            .map(|(k, i)| (k.clone(), i.handle.client().calls()))
+            .collect()
+    }
+
     /// How many samples pool `pool_id` holds at once, over all runs.
     pub fn capacity(&self, pool_id: &str) -> usize {
         self.members(pool_id)
