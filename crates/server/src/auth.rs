@@ -47,15 +47,20 @@ impl Auth {
         }
     }
 
-    /// Whether the request carries a valid API key (or none is needed).
+    /// Whether the request carries a valid API key (or none is needed): in
+    /// `OPEN-SANDBOX-API-KEY`, or as `Authorization: Bearer <key>`, which is what Prometheus
+    /// scrapers send.
     pub fn key_ok(&self, headers: &HeaderMap) -> bool {
         if self.open {
             return true;
         }
-        let Some(given) = headers.get(API_KEY_HEADER) else {
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        let Some(given) = headers.get(API_KEY_HEADER).map(|v| v.as_bytes()).or(bearer) else {
             return false;
         };
-        let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let given: [u8; 32] = Sha256::digest(given).into();
         // Every key is compared, so the time says nothing about which one matched.
         self.keys
             .iter()

@@ -26,6 +26,11 @@
 pub mod auth;
 pub mod commands;
 pub mod error;
+pub mod feed;
+/// execd's files API beyond upload and download: info, search, listings, mkdir, chmod, mv,
+/// delete and replace, one guest exec per request where it can.
+pub mod files;
+pub mod metrics;
 pub mod routes;
 pub mod sandboxes;
 pub mod wire;
@@ -127,6 +132,7 @@ impl Server {
         })?;
         let egress = fleet.settings().run.egress;
         let sandboxes = sandboxes::Sandboxes::new(fleet, pool_id);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let app = Arc::new(routes::App {
             sandboxes: sandboxes.clone(),
             auth: auth::Auth::new(&opts.api_keys, opts.unauthenticated),
@@ -136,8 +142,8 @@ impl Server {
                 .unwrap_or_else(|| addr.to_string()),
             egress,
             background: Default::default(),
+            stopping: stop.subscribe(),
         });
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let reaper = sandboxes.clone();
         let mut reaper_stop = stop.subscribe();
         let every = opts.reap_every;
@@ -147,6 +153,24 @@ impl Server {
                 tokio::select! {
                     _ = tick.tick() => reaper.reap().await,
                     _ = reaper_stop.changed() => break,
+                }
+            }
+        });
+        let feed = sandboxes.clone();
+        let mut events = sandboxes.fleet().subscribe();
+        let mut feed_stop = stop.subscribe();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Ok(ev) => feed.on_sample_event(&ev),
+                        // The fleet's own buffer overflowed: the feed misses those deltas,
+                        // the sandbox states it publishes stay right.
+                        Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "fleet events lost for the feed"),
+                        Err(RecvError::Closed) => break,
+                    },
+                    _ = feed_stop.changed() => break,
                 }
             }
         });

@@ -20,6 +20,7 @@ use guest_agent::ExecRequest;
 use crate::auth::{Auth, TOKEN_HEADER};
 use crate::commands;
 use crate::error::ApiError;
+use crate::files;
 use crate::sandboxes::{Entry, Sandboxes, sandbox_vm};
 use crate::wire;
 
@@ -33,6 +34,9 @@ pub struct App {
     pub(crate) egress: bool,
     /// Background commands, for status, logs and interrupt.
     pub(crate) background: crate::commands::Background,
+    /// Turns true when the server stops: endless streams end then, or graceful shutdown would
+    /// wait for them forever.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type Shared = State<Arc<App>>;
@@ -140,7 +144,18 @@ routes! {
     Execd get "/command/{id}/logs" => command_logs;
     Execd post "/files/upload" => upload, limit UPLOAD_LIMIT;
     Execd get "/files/download" => download;
+    Execd get "/files/info" => files::info;
+    Execd get "/files/search" => files::search;
+    Execd post "/files/permissions" => files::permissions;
+    Execd post "/files/mv" => files::move_files;
+    Execd post "/files/replace" => files::replace;
+    Execd delete "/files" => files::remove_files;
+    Execd get "/directories/list" => files::list;
+    Execd post "/directories" => files::make_dirs;
+    Execd delete "/directories" => files::remove_dirs;
     Egress get "/policy" => policy;
+    Ours get "/v1/events" => events;
+    Ours get "/metrics" => metrics;
 }
 
 /// The routes.
@@ -168,7 +183,11 @@ impl App {
     }
 
     /// The sandbox `id`, if the request may use its endpoints.
-    fn endpoint_of(&self, id: &str, headers: &HeaderMap) -> Result<Arc<Entry>, ApiError> {
+    pub(crate) fn endpoint_of(
+        &self,
+        id: &str,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Entry>, ApiError> {
         if !self.auth.token_ok(id, headers) {
             return Err(ApiError::unauthorized(&format!(
                 "missing or wrong {TOKEN_HEADER}: use the headers of GET /v1/sandboxes/{id}/endpoints/{EXECD_PORT}"
@@ -470,6 +489,7 @@ async fn command(
             .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
         tokio::spawn(async move {
             let t = Instant::now();
+            let metrics = &app.sandboxes.metrics;
             let (otx, mut orx) = tokio::sync::mpsc::channel(commands::QUEUE);
             let follow = started.follow(deadline, otx);
             let relay = async {
@@ -477,16 +497,14 @@ async fn command(
                     let ev = match o {
                         commands::Output::Stdout(line) => text_event("stdout", line),
                         commands::Output::Stderr(line) => text_event("stderr", line),
-                        commands::Output::Exit(Some(0)) => {
-                            let mut ev = event("execution_complete");
-                            ev.execution_time = Some(t.elapsed().as_millis() as u64);
-                            ev
-                        }
-                        commands::Output::Exit(Some(code)) => {
-                            error_event(code.to_string(), format!("exit status {code}"))
-                        }
-                        commands::Output::Exit(None) => {
-                            error_event("-1".into(), "killed: the timeout passed".into())
+                        commands::Output::Exit(end) => {
+                            let outcome = match end {
+                                Some(0) => "ok",
+                                Some(_) => "failed",
+                                None => "timeout",
+                            };
+                            metrics.command(t.elapsed(), outcome);
+                            exit_event(end, t)
                         }
                     };
                     if tx.send(ev).await.is_err() {
@@ -505,6 +523,20 @@ async fn command(
         rx.recv().await.map(|ev| (Ok(sse(&ev)), rx))
     });
     Ok(Sse::new(stream))
+}
+
+/// How a command ended, as execd says it: `execution_complete`, or `error` with the exit code
+/// in `evalue` (`-1` when the timeout killed it).
+fn exit_event(end: Option<i32>, started: Instant) -> wire::StreamEvent {
+    match end {
+        Some(0) => {
+            let mut ev = event("execution_complete");
+            ev.execution_time = Some(started.elapsed().as_millis() as u64);
+            ev
+        }
+        Some(code) => error_event(code.to_string(), format!("exit status {code}")),
+        None => error_event("-1".into(), "killed: the timeout passed".into()),
+    }
 }
 
 fn text_event(kind: &'static str, text: String) -> wire::StreamEvent {
@@ -807,6 +839,90 @@ fn parse_range(r: &str, len: u64) -> Result<(u64, u64), ApiError> {
         return Err(bad());
     }
     Ok((start, end))
+}
+
+/// `GET /v1/events`: the inventory feed ([`crate::feed`]); `Last-Event-ID` resumes it.
+async fn events(
+    State(app): Shared,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    app.key(&headers)?;
+    let last_seen = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let follow = app.sandboxes.feed.follow(last_seen);
+    let first = match follow.replay {
+        Some(items) => items.iter().map(|i| item_event(i)).collect(),
+        None => vec![snapshot(&app, follow.last)],
+    };
+    let mut stopping = app.stopping.clone();
+    let live = futures_util::stream::unfold((follow.rx, app), |(mut rx, app)| async move {
+        let ev = match rx.recv().await {
+            Ok(item) => item_event(&item),
+            // Fell a buffer behind: a stream with holes would mislead, a snapshot does not.
+            Err(RecvError::Lagged(_)) => {
+                let f = app.sandboxes.feed.follow(None);
+                rx = f.rx;
+                snapshot(&app, f.last)
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((ev, (rx, app)))
+    });
+    let stream = futures_util::stream::iter(first)
+        .chain(live)
+        .take_until(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        })
+        .map(Ok);
+    Ok(Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(crate::feed::KEEPALIVE)))
+}
+
+fn item_event(item: &crate::feed::Item) -> Event {
+    Event::default()
+        .id(item.id.to_string())
+        .event(item.event)
+        .data(&item.data)
+}
+
+/// Every sandbox and instance now, as the event with id `last`.
+fn snapshot(app: &App, last: u64) -> Event {
+    let sandboxes: Vec<serde_json::Value> = app
+        .sandboxes
+        .all()
+        .iter()
+        .map(|e| app.sandboxes.inventory(e))
+        .collect();
+    let data = serde_json::json!({
+        "sandboxes": sandboxes,
+        "instances": app.sandboxes.instances(),
+    });
+    Event::default()
+        .id(last.to_string())
+        .event("snapshot")
+        .data(data.to_string())
+}
+
+/// `GET /metrics`: Prometheus text; the API key, or `Authorization: Bearer <key>`.
+async fn metrics(State(app): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    app.key(&headers)?;
+    let states: Vec<&'static str> = app.sandboxes.all().iter().map(|e| e.state()).collect();
+    let text = app
+        .sandboxes
+        .metrics
+        .encode(states, app.sandboxes.fleet().pve_calls());
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// The egress policy as the egress sidecar reports it: without `run.egress` a sandbox

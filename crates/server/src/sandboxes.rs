@@ -33,12 +33,18 @@ pub struct Sandboxes {
     /// Whether sandboxes reach the internet (the settings' `run.egress`).
     egress: bool,
     entries: Mutex<BTreeMap<String, Arc<Entry>>>,
+    /// Where state changes are published (`GET /v1/events`).
+    pub feed: crate::feed::Feed,
+    /// What `GET /metrics` reports.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// One sandbox.
 pub struct Entry {
     /// `s0.<run>`.
     pub id: String,
+    /// The same, as the fleet knows it.
+    pub sample_id: SampleId,
     /// When the create came.
     pub created_at: SystemTime,
     /// `image.uri` as given.
@@ -141,6 +147,11 @@ impl Entry {
         }
     }
 
+    /// Since the create came.
+    pub fn age(&self) -> Duration {
+        self.created_at.elapsed().unwrap_or_default()
+    }
+
     fn set(&self, phase: Phase) {
         *lock(&self.phase) = phase;
         *lock(&self.changed_at) = SystemTime::now();
@@ -233,6 +244,8 @@ impl Sandboxes {
             fleet,
             pool_id,
             entries: Mutex::new(BTreeMap::new()),
+            feed: Default::default(),
+            metrics: Default::default(),
         })
     }
 
@@ -341,14 +354,15 @@ impl Sandboxes {
         });
         let eval = EvalConfig::from_json(&eval.to_string())?;
         let run_id = self.fleet.fresh_run_id(&self.pool_id).await?;
-        let id = SampleId {
+        let sample_id = SampleId {
             run: run_id.clone(),
             seq: 0,
-        }
-        .to_string();
+        };
+        let id = sample_id.to_string();
         let now = SystemTime::now();
         let entry = Arc::new(Entry {
             id: id.clone(),
+            sample_id,
             created_at: now,
             image: image.uri,
             entrypoint: req.entrypoint,
@@ -360,6 +374,7 @@ impl Sandboxes {
             delete_asked: AtomicBool::new(false),
         });
         lock(&self.entries).insert(id, entry.clone());
+        self.announce(&entry);
         let me = self.clone();
         let e = entry.clone();
         tokio::spawn(async move { me.provision(e, eval, run_id).await });
@@ -399,9 +414,12 @@ impl Sandboxes {
             }
             Ok((run, sample))
         };
-        match made.await {
+        let made = made.await;
+        self.metrics.created(entry.age(), made.is_ok());
+        match made {
             Ok((run, sample)) => {
                 entry.set(Phase::Ready { run, sample });
+                self.announce(&entry);
                 if entry.delete_asked.load(Ordering::SeqCst) {
                     let _ = self.delete(&entry.id).await;
                 }
@@ -412,6 +430,7 @@ impl Sandboxes {
                     reason: "provision_failed",
                     message: e.to_string(),
                 });
+                self.announce(&entry);
                 if entry.delete_asked.load(Ordering::SeqCst) {
                     lock(&self.entries).remove(&entry.id);
                 }
@@ -472,12 +491,14 @@ impl Sandboxes {
                 Phase::Failed { .. } => {
                     drop(phase);
                     lock(&self.entries).remove(id);
+                    self.announce_gone(&entry);
                     return Ok(());
                 }
                 Phase::Stopping => None,
             }
         };
         *lock(&entry.changed_at) = SystemTime::now();
+        self.announce(&entry);
         if let Some((run, sample)) = taken {
             let me = self.clone();
             tokio::spawn(async move { me.tear_down(&entry, run, sample).await });
@@ -493,11 +514,15 @@ impl Sandboxes {
         match done.await {
             Ok(()) => {
                 lock(&self.entries).remove(&entry.id);
+                self.announce_gone(entry);
             }
-            Err(e) => entry.set(Phase::Failed {
-                reason: "cleanup_failed",
-                message: e.to_string(),
-            }),
+            Err(e) => {
+                entry.set(Phase::Failed {
+                    reason: "cleanup_failed",
+                    message: e.to_string(),
+                });
+                self.announce(entry);
+            }
         }
     }
 
@@ -544,6 +569,7 @@ impl Sandboxes {
         })?;
         sample.renew(at).await?;
         *lock(&entry.expires_at) = Some(at);
+        self.announce(&entry);
         Ok(())
     }
 
@@ -558,8 +584,79 @@ impl Sandboxes {
             .collect();
         for id in due {
             tracing::info!(sandbox = %id, "expired: removing");
-            let _ = self.delete(&id).await;
+            if self.delete(&id).await.is_ok() {
+                self.metrics.reaped();
+                self.feed.publish(
+                    "reaper",
+                    &serde_json::json!({"sandboxId": id, "action": "expired"}),
+                );
+            }
         }
+    }
+}
+
+impl Sandboxes {
+    /// What the feed says of a sandbox: its wire form, where it lives and its VMs.
+    pub fn inventory(&self, entry: &Entry) -> serde_json::Value {
+        let info = self.fleet.sample(&entry.sample_id);
+        serde_json::json!({
+            "sandbox": entry.wire(),
+            "instance": info.as_ref().map(|i| i.instance.clone()),
+            "vms": info.map(|i| i.vms.iter().map(|(vmid, name)| serde_json::json!({
+                "name": name, "vmid": vmid.0,
+            })).collect::<Vec<_>>()).unwrap_or_default(),
+        })
+    }
+
+    /// Publishes the sandbox's current form.
+    pub fn announce(&self, entry: &Entry) {
+        self.feed.publish("sandbox", &self.inventory(entry));
+    }
+
+    /// Passes a fleet event on to the feed; a pause or resume also changes the sandbox.
+    pub fn on_sample_event(&self, ev: &pvesandbox::SampleEvent) {
+        self.feed.publish("sample", &crate::feed::sample_event(ev));
+        if matches!(
+            ev.kind,
+            pvesandbox::EventKind::Paused | pvesandbox::EventKind::Resumed
+        ) && let Ok(entry) = self.get(&ev.sample.to_string())
+        {
+            self.announce(&entry);
+        }
+    }
+
+    /// Publishes that the sandbox is gone (listing it no longer finds it).
+    fn announce_gone(&self, entry: &Entry) {
+        let mut w = entry.wire();
+        w.status.state = "Terminated";
+        w.status.last_transition_at = Some(rfc3339(SystemTime::now()));
+        self.feed.publish(
+            "sandbox",
+            &serde_json::json!({"sandbox": w, "instance": null, "vms": []}),
+        );
+    }
+
+    /// The instances sandboxes go to, for the feed's snapshot.
+    pub fn instances(&self) -> serde_json::Value {
+        let s = self.fleet.settings();
+        serde_json::Value::Array(
+            s.instances
+                .iter()
+                .filter(|i| i.pool_id == self.pool_id)
+                .map(|i| {
+                    serde_json::json!({
+                        "instance": i.instance_id,
+                        "node": i.node,
+                        "maxSamples": i.max_samples,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The fleet the sandboxes live on.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
     }
 }
 

@@ -227,3 +227,67 @@ pub struct UploadMeta {
     #[serde(default)]
     pub mode: Option<u32>,
 }
+
+/// execd's `FileInfo`: every field but `type` is required by the SDK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileInfo {
+    /// Absolute path.
+    pub path: String,
+    /// `file`, `directory`, `symlink` or `other`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Bytes (a directory's own size, as `stat` reports it).
+    pub size: u64,
+    /// RFC 3339.
+    pub modified_at: String,
+    /// RFC 3339 (the inode change time: Linux keeps no portable creation time, and execd
+    /// reports the same).
+    pub created_at: String,
+    /// User name, or the numeric uid when the guest has no name for it.
+    pub owner: String,
+    /// Group name, or the numeric gid.
+    pub group: String,
+    /// Permission bits as octal digits written in decimal (`644`, `1777`).
+    pub mode: u32,
+}
+
+/// execd's `Permission`, the value of each entry of `POST directories` and
+/// `POST files/permissions` (the SDK sends `owner` and `group` as `null` when unset).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Permission {
+    /// Octal digits written in decimal (`755`).
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// A user name or uid.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// A group name or gid.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// execd's `RenameFileItem`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RenameItem {
+    /// What to move.
+    pub src: String,
+    /// Where to.
+    pub dest: String,
+}
+
+/// execd's `ReplaceFileContentItem`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReplaceItem {
+    /// The literal text to replace (not empty).
+    pub old: String,
+    /// What replaces it.
+    pub new: String,
+}
+
+/// execd's `ReplaceFileContentResult`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaceResult {
+    /// Occurrences replaced; 0 when the text was not found.
+    pub replaced_count: u64,
+}

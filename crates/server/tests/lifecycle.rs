@@ -493,3 +493,474 @@ async fn a_sandbox_through_the_opensandbox_api() {
     server.stop().await.unwrap();
     assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_files_api_through_execd() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let fleet = Fleet::start(settings).await.unwrap();
+    let server = Server::start(
+        fleet,
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            api_keys: vec![Secret::new(KEY)],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let api = Api {
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        base: format!("http://{}", server.local_addr()),
+    };
+    use reqwest::Method as M;
+    let (status, created) = api
+        .call(
+            M::POST,
+            "/v1/sandboxes",
+            Some(json!({"image": {"uri": "debian:13"}, "timeout": 600, "resourceLimits": {"memory": "512Mi"}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, ep) = api
+        .call(M::GET, &format!("/v1/sandboxes/{id}/endpoints/44772"), None)
+        .await;
+    assert_eq!(status, 200, "{ep}");
+    let execd = format!("http://{}", ep["endpoint"].as_str().unwrap());
+    let token = ep["headers"]["X-EXECD-ACCESS-TOKEN"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let execd_call = |m: M, path: &str| {
+        api.http
+            .request(m, format!("{execd}{path}"))
+            .header("X-EXECD-ACCESS-TOKEN", &token)
+    };
+    while execd_call(M::GET, "/ping")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+        != 200
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One call: status and body (JSON when it parses, else the text).
+    let call = |m: M, path: String, body: Option<Value>| {
+        let mut r = execd_call(m, &path);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let res = r.send().await.unwrap();
+            let status = res.status().as_u16();
+            let text = res.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        }
+    };
+    // A shell line through POST /command: its stdout lines.
+    let sh = |cmd: &str| {
+        let req = execd_call(M::POST, "/command").json(&json!({ "command": cmd }));
+        async move {
+            let evs = events(&req.send().await.unwrap().text().await.unwrap());
+            assert_eq!(evs.last().unwrap()["type"], "execution_complete", "{evs:?}");
+            evs.iter()
+                .filter(|e| e["type"] == "stdout")
+                .map(|e| e["text"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let paths = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not a list: {v}"))
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let is_error = |body: &Value, needle: &str| {
+        body["code"].is_string() && body["message"].as_str().is_some_and(|m| m.contains(needle))
+    };
+
+    // A tree: a file whose directory matches a pattern its name does not, a directory whose
+    // name matches `*.txt`, a symlink to a directory, and a name with a space and a newline.
+    sh(
+        "mkdir -p /root/ft/a/b /root/ft/dir.txt && printf hello > /root/ft/a/one.txt \
+        && printf 'x.y xzy x.y' > /root/ft/a/b/two.txt && printf z > /root/ft/top.md \
+        && printf i > /root/ft/dir.txt/inner.md && printf n > '/root/ft/a/odd name\nhere.txt' \
+        && ln -s a /root/ft/link && chmod 644 /root/ft/a/one.txt",
+    )
+    .await;
+
+    // Info: a map keyed by the paths as given, the symlink itself (not its target).
+    let (status, info) = call(
+        M::GET,
+        "/files/info?path=/root/ft/a/one.txt&path=/root/ft/link&path=/root/ft/a/".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{info}");
+    let one = &info["/root/ft/a/one.txt"];
+    assert_eq!(
+        (
+            one["path"].as_str(),
+            one["type"].as_str(),
+            one["size"].as_u64(),
+            one["mode"].as_u64(),
+            one["owner"].as_str(),
+            one["group"].as_str()
+        ),
+        (
+            Some("/root/ft/a/one.txt"),
+            Some("file"),
+            Some(5),
+            Some(644),
+            Some("root"),
+            Some("root")
+        ),
+        "{info}"
+    );
+    for t in ["modified_at", "created_at"] {
+        let at: jiff::Timestamp = one[t].as_str().unwrap().parse().unwrap();
+        assert!(
+            jiff::Timestamp::now().duration_since(at).as_secs().abs() < 600,
+            "{t}: {at}"
+        );
+    }
+    assert_eq!(info["/root/ft/link"]["type"], "symlink", "{info}");
+    assert_eq!(info["/root/ft/a/"]["type"], "directory", "{info}");
+    assert_eq!(info["/root/ft/a/"]["path"], "/root/ft/a", "{info}");
+    let mut found = Vec::new();
+    nulls(&info, "", &mut found);
+    assert!(found.is_empty(), "nulls in FileInfo: {found:?}");
+    let (status, body) = call(
+        M::GET,
+        "/files/info?path=/root/ft/a/one.txt&path=/root/ft/nope".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert!(is_error(&body, "/root/ft/nope"), "{body}");
+
+    // Search: files only, recursive, the pattern against names, in walk order.
+    let (status, hits) = call(
+        M::GET,
+        "/files/search?path=/root/ft&pattern=*.txt".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{hits}");
+    assert_eq!(
+        paths(&hits),
+        [
+            "/root/ft/a/b/two.txt",
+            "/root/ft/a/odd name\nhere.txt",
+            "/root/ft/a/one.txt"
+        ],
+        "dir.txt is a directory; inner.md's directory matches, its name does not"
+    );
+    let (_, hits) = call(
+        M::GET,
+        "/files/search?path=/root/ft&pattern=a*".into(),
+        None,
+    )
+    .await;
+    assert_eq!(paths(&hits), Vec::<String>::new(), "no name starts with a");
+    let (_, hits) = call(
+        M::GET,
+        "/files/search?path=/root/ft&pattern=**/t*.%7Btxt,md%7D".into(),
+        None,
+    )
+    .await;
+    assert_eq!(paths(&hits), ["/root/ft/a/b/two.txt", "/root/ft/top.md"]);
+    let (_, all) = call(M::GET, "/files/search?path=/root/ft".into(), None).await;
+    assert_eq!(
+        paths(&all).len(),
+        6,
+        "the default ** finds every non-directory, the symlink too: {all}"
+    );
+    let (status, body) = call(
+        M::GET,
+        "/files/search?path=/root/ft&pattern=a/*.txt".into(),
+        None,
+    )
+    .await;
+    assert!(status == 400 && is_error(&body, "pattern"), "{body}");
+    let (status, _) = call(M::GET, "/files/search?path=/root/nope".into(), None).await;
+    assert_eq!(status, 404);
+
+    // Listing: depth 1 is the children only, lexical; depth 2 puts each directory's entries
+    // right after it.
+    let (status, l) = call(M::GET, "/directories/list?path=/root/ft".into(), None).await;
+    assert_eq!(status, 200, "{l}");
+    assert_eq!(
+        paths(&l),
+        [
+            "/root/ft/a",
+            "/root/ft/dir.txt",
+            "/root/ft/link",
+            "/root/ft/top.md"
+        ]
+    );
+    let types: Vec<&str> = l
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["directory", "directory", "symlink", "file"]);
+    let (_, l) = call(
+        M::GET,
+        "/directories/list?path=/root/ft&depth=2".into(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        paths(&l),
+        [
+            "/root/ft/a",
+            "/root/ft/a/b",
+            "/root/ft/a/odd name\nhere.txt",
+            "/root/ft/a/one.txt",
+            "/root/ft/dir.txt",
+            "/root/ft/dir.txt/inner.md",
+            "/root/ft/link",
+            "/root/ft/top.md"
+        ]
+    );
+    let (_, l) = call(
+        M::GET,
+        "/directories/list?path=/root/ft&depth=0".into(),
+        None,
+    )
+    .await;
+    assert_eq!(l, json!([]));
+    for (q, want, needle) in [
+        ("path=/root/ft/link", 400, "symbolic link"),
+        ("path=/root/ft/top.md", 400, "not a directory"),
+        ("path=/root/nope", 404, "/root/nope"),
+        ("path=/root/ft&depth=-1", 400, "depth"),
+        ("depth=1", 400, "path"),
+    ] {
+        let (status, body) = call(M::GET, format!("/directories/list?{q}"), None).await;
+        assert_eq!(status, want, "{q}: {body}");
+        assert!(is_error(&body, needle), "{q}: {body}");
+    }
+
+    // Directories: created with their parents and the mode asked for.
+    let (status, body) = call(
+        M::POST,
+        "/directories".into(),
+        Some(json!({"/root/ft/new/deep": {"mode": 700, "owner": null, "group": null}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sh("stat -c '%F %a' /root/ft/new/deep").await,
+        ["directory 700"]
+    );
+    let (status, body) = call(
+        M::POST,
+        "/directories".into(),
+        Some(json!({"/root/ft/x": {"mode": 789}})),
+    )
+    .await;
+    assert!(
+        status == 400 && is_error(&body, "\"/root/ft/x\".mode"),
+        "{body}"
+    );
+    let (status, body) = call(
+        M::POST,
+        "/directories".into(),
+        Some(json!({"/root/ft/top.md": {"mode": 755}})),
+    )
+    .await;
+    assert!(
+        status == 400 && is_error(&body, "not a directory"),
+        "{body}"
+    );
+
+    // Permissions: mode and owner really change.
+    let (status, body) = call(
+        M::POST,
+        "/files/permissions".into(),
+        Some(json!({"/root/ft/a/one.txt": {"mode": 600, "owner": "nobody", "group": null}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sh("stat -c '%a %U' /root/ft/a/one.txt").await,
+        ["600 nobody"]
+    );
+    let (_, info) = call(M::GET, "/files/info?path=/root/ft/a/one.txt".into(), None).await;
+    assert_eq!(
+        (
+            &info["/root/ft/a/one.txt"]["mode"],
+            &info["/root/ft/a/one.txt"]["owner"]
+        ),
+        (&json!(600), &json!("nobody")),
+        "{info}"
+    );
+    let (status, body) = call(
+        M::POST,
+        "/files/permissions".into(),
+        Some(json!({"/root/ft/top.md": {"mode": 600}, "/root/ft/nope": {"mode": 600}})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        sh("stat -c %a /root/ft/top.md").await,
+        ["644"],
+        "a missing path changes nothing"
+    );
+    let (status, body) = call(
+        M::POST,
+        "/files/permissions".into(),
+        Some(json!({"/root/ft/top.md": {"owner": "no-such-user-here"}})),
+    )
+    .await;
+    assert!(
+        status == 400 && is_error(&body, "/root/ft/top.md"),
+        "{body}"
+    );
+
+    // Move: the file is at its new path (parent created), not at the old.
+    let (status, body) = call(
+        M::POST,
+        "/files/mv".into(),
+        Some(json!([{"src": "/root/ft/top.md", "dest": "/root/ft/moved/top.md"}])),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sh("cat /root/ft/moved/top.md; [ -e /root/ft/top.md ] || echo gone").await,
+        ["zgone"]
+    );
+    let (status, _) = call(M::GET, "/files/info?path=/root/ft/top.md".into(), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(
+        M::POST,
+        "/files/mv".into(),
+        Some(json!([{"src": "/root/ft/moved/top.md", "dest": "/root/ft/a/one.txt"}])),
+    )
+    .await;
+    assert!(status == 400 && is_error(&body, "[0].dest"), "{body}");
+    let (status, _) = call(
+        M::POST,
+        "/files/mv".into(),
+        Some(json!([{"src": "/root/ft/nope", "dest": "/root/ft/nope2"}])),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Replace: literal (the dot is no wildcard), counted, mode and owner kept.
+    let (status, r) = call(
+        M::POST,
+        "/files/replace?verbose=true".into(),
+        Some(json!({
+            "/root/ft/a/b/two.txt": {"old": "x.y", "new": "Z"},
+            "/root/ft/a/one.txt": {"old": "l", "new": "LL"},
+            "/root/ft/moved/top.md": {"old": "absent", "new": "-"},
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({
+            "/root/ft/a/b/two.txt": {"replacedCount": 2},
+            "/root/ft/a/one.txt": {"replacedCount": 2},
+            "/root/ft/moved/top.md": {"replacedCount": 0},
+        })
+    );
+    assert_eq!(
+        sh("cat /root/ft/a/b/two.txt; echo; cat /root/ft/a/one.txt; echo; stat -c '%a %U' /root/ft/a/one.txt").await,
+        ["Z xzy Z", "heLLLLo", "600 nobody"]
+    );
+    let (status, body) = call(
+        M::POST,
+        "/files/replace".into(),
+        Some(json!({"/root/ft/a/b/two.txt": {"old": "Z", "new": "W"}})),
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!("")),
+        "no body without verbose"
+    );
+    assert_eq!(sh("cat /root/ft/a/b/two.txt").await, ["W xzy W"]);
+    let (status, body) = call(
+        M::POST,
+        "/files/replace".into(),
+        Some(json!({"/root/ft/a/b/two.txt": {"old": "", "new": "W"}})),
+    )
+    .await;
+    assert!(status == 400 && is_error(&body, ".old"), "{body}");
+    let (status, _) = call(
+        M::POST,
+        "/files/replace".into(),
+        Some(json!({"/root/ft/nope": {"old": "a", "new": "b"}})),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Delete files: gone; a missing one is fine; a directory is refused.
+    let (status, body) = call(
+        M::DELETE,
+        "/files?path=/root/ft/a/b/two.txt&path=/root/ft/nope".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(M::GET, "/files/info?path=/root/ft/a/b/two.txt".into(), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = call(M::DELETE, "/files?path=/root/ft/a".into(), None).await;
+    assert!(status == 400 && is_error(&body, "directory"), "{body}");
+    assert_eq!(sh("[ -f /root/ft/a/one.txt ] && echo kept").await, ["kept"]);
+
+    // Delete directories: recursively, the rest stays.
+    let (status, body) = call(
+        M::DELETE,
+        "/directories?path=/root/ft/a&path=/root/ft/new&path=/root/ft/nope".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, l) = call(M::GET, "/directories/list?path=/root/ft".into(), None).await;
+    assert_eq!(
+        paths(&l),
+        ["/root/ft/dir.txt", "/root/ft/link", "/root/ft/moved"]
+    );
+
+    // Without the sandbox's token, nothing.
+    let res = api
+        .http
+        .get(format!("{execd}/files/info?path=/root"))
+        .header("X-EXECD-ACCESS-TOKEN", "0000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+
+    let (status, _) = api
+        .call(M::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(status, 204);
+    while api
+        .call(M::GET, &format!("/v1/sandboxes/{id}"), None)
+        .await
+        .0
+        != 404
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await.unwrap();
+    assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
+}

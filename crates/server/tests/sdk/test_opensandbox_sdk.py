@@ -18,6 +18,14 @@ from opensandbox.config.connection_sync import ConnectionConfigSync
 from opensandbox.exceptions import SandboxApiException
 from opensandbox.models.execd import RunCommandOpts
 from opensandbox.models.execd_sync import ExecutionHandlersSync
+from opensandbox.models.filesystem import (
+    ContentReplaceEntry,
+    DirectoryListEntry,
+    MoveEntry,
+    SearchEntry,
+    SetPermissionEntry,
+    WriteEntry,
+)
 from opensandbox.models.sandboxes import SandboxFilter
 from opensandbox.sync import SandboxManagerSync, SandboxSync
 
@@ -206,3 +214,70 @@ def test_the_osb_cli(server):
     assert failed.returncode != 0 and "CommandExecError: 4" in failed.stdout + failed.stderr, failed
     killed = osb(server, "sandbox", "kill", sid)
     assert killed.returncode == 0, killed.stderr
+
+
+def test_the_files_api_through_the_sdk(server):
+    sb = SandboxSync.create(
+        "debian:13", ready_timeout=READY, connection_config=config(server),
+        resource={"memory": "512Mi"},
+    )
+    try:
+        sh = lambda cmd: [m.text for m in sb.commands.run(cmd).logs.stdout]
+        sb.files.write_file("/root/t/a/one.txt", "hello", mode=644)
+        sb.files.write_file("/root/t/a/b/two.txt", "x.y xzy x.y", mode=644)
+        sb.files.write_file("/root/t/top.md", "z", mode=644)
+        sh("mkdir -p /root/t/dir.txt && ln -s a /root/t/link")
+
+        # Info: parsed into EntryInfo, the symlink itself; a missing path is 404.
+        info = sb.files.get_file_info(["/root/t/a/one.txt", "/root/t/link"])
+        one = info["/root/t/a/one.txt"]
+        assert (one.path, one.entry_type, one.size, one.mode, one.owner) == (
+            "/root/t/a/one.txt", "file", 5, 644, "root")
+        assert abs(one.modified_at.timestamp() - time.time()) < 600
+        assert info["/root/t/link"].entry_type == "symlink"
+        with pytest.raises(SandboxApiException) as e:
+            sb.files.get_file_info(["/root/t/nope"])
+        assert e.value.status_code == 404
+
+        # Search matches names, files only; listing depth 1 is the children only.
+        hits = sb.files.search(SearchEntry(path="/root/t", pattern="*.txt"))
+        assert [h.path for h in hits] == ["/root/t/a/b/two.txt", "/root/t/a/one.txt"]
+        assert sb.files.search(SearchEntry(path="/root/t", pattern="a*")) == []
+        listed = sb.files.list_directory(DirectoryListEntry(path="/root/t", depth=1))
+        assert [(x.path, x.entry_type) for x in listed] == [
+            ("/root/t/a", "directory"), ("/root/t/dir.txt", "directory"),
+            ("/root/t/link", "symlink"), ("/root/t/top.md", "file")]
+        deeper = sb.files.list_directory(DirectoryListEntry(path="/root/t", depth=2))
+        assert "/root/t/a/one.txt" in [x.path for x in deeper]
+
+        # Directories with a mode, permissions, moves.
+        sb.files.create_directories([WriteEntry(path="/root/t/new/deep", mode=700)])
+        assert sh("stat -c '%F %a' /root/t/new/deep") == ["directory 700"]
+        sb.files.set_permissions(
+            [SetPermissionEntry(path="/root/t/a/one.txt", mode=600, owner="nobody")])
+        assert sh("stat -c '%a %U' /root/t/a/one.txt") == ["600 nobody"]
+        sb.files.move_files([MoveEntry(src="/root/t/top.md", dest="/root/t/moved/top.md")])
+        assert sb.files.read_file("/root/t/moved/top.md") == "z"
+        assert sh("[ -e /root/t/top.md ] || echo gone") == ["gone"]
+
+        # Replace: literal, counted; the mode stays.
+        got = sb.files.replace_contents_detailed([
+            ContentReplaceEntry(path="/root/t/a/b/two.txt", old_content="x.y", new_content="Z"),
+            ContentReplaceEntry(path="/root/t/a/one.txt", old_content="l", new_content="L"),
+        ])
+        assert sorted((r.path, r.replaced_count) for r in got) == [
+            ("/root/t/a/b/two.txt", 2), ("/root/t/a/one.txt", 2)]
+        assert sb.files.read_file("/root/t/a/b/two.txt") == "Z xzy Z"
+        sb.files.replace_contents(
+            [ContentReplaceEntry(path="/root/t/a/one.txt", old_content="LL", new_content="l")])
+        assert sb.files.read_file("/root/t/a/one.txt") == "helo"
+        assert sh("stat -c %a /root/t/a/one.txt") == ["600"]
+
+        # Deletes: files, then whole trees.
+        sb.files.delete_files(["/root/t/a/b/two.txt", "/root/t/nope"])
+        assert sh("[ -e /root/t/a/b/two.txt ] || echo gone") == ["gone"]
+        sb.files.delete_directories(["/root/t/a", "/root/t/new"])
+        left = sb.files.list_directory(DirectoryListEntry(path="/root/t"))
+        assert [x.path for x in left] == ["/root/t/dir.txt", "/root/t/link", "/root/t/moved"]
+    finally:
+        sb.kill()
