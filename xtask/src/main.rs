@@ -4,10 +4,12 @@
 //!   `cargo test --workspace` (fakepve, schema and guest tests fail loudly when `CI` is set),
 //!   then the guest-agent suites again on real qemu-guest-agent (`PVESANDBOX_GUEST=qemu`).
 //! - `cargo xtask lint`  — `cargo fmt --check` and `cargo clippy --all-targets -D warnings`.
-//! - `cargo xtask bench [client|agent|pool|sandbox]` — release-mode figures: REST calls and wall time of
+//! - `cargo xtask bench [client|agent|pool|sandbox|server]` — release-mode figures: REST calls and wall time of
 //!   the core flow; REST calls and p50/p99 of guest-agent exec and file transfers; leases per
 //!   second and acquire latency of the pool; a sample's calls and phases (`sandbox --realistic
-//!   [FACTOR]`: at PVE-like task durations, the doubling and learned poll schedules side by side).
+//!   [FACTOR]`: at PVE-like task durations, the doubling and learned poll schedules side by side);
+//!   the OpenSandbox server's create → Running, command latency, 50 creates at once and RSS with
+//!   100 sandboxes, against the library on the same fleet (`server [--realistic FACTOR]`).
 //! - `cargo xtask venv` — create the test venvs if missing (CI runs it before cutting the network).
 //! - `cargo xtask fakepve` — (re)create `.venv-fakepve` with fakepve from PyPI.
 //! - `cargo xtask test-inspect` — the Inspect AI adapter: builds its wheel into
@@ -155,6 +157,15 @@ fn main() -> Result<()> {
                 cmd!(
                     sh,
                     "cargo run --release --quiet -p pvesandbox --example sample_bench -- {rest...}"
+                )
+                .run()?;
+            }
+            if matches!(which, "all" | "server") {
+                // `bench server [--realistic FACTOR]`: realistic task durations times FACTOR.
+                let rest = args.get(2..).unwrap_or_default();
+                cmd!(
+                    sh,
+                    "cargo run --release --quiet -p pvesandbox-server --example server_bench -- {rest...}"
                 )
                 .run()?;
             }

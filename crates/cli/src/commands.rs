@@ -532,6 +532,7 @@ pub async fn sim(a: SimArgs) -> Result<i32, Error> {
         port: a.port,
         realistic: a.realistic,
         process_guests: a.process_guests,
+        ..Default::default()
     })
     .await?;
     if let (Some(seed), Some(path)) = (&seed, &a.seed) {

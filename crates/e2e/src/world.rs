@@ -185,6 +185,7 @@ impl World {
                     port: 0,
                     realistic: None,
                     process_guests: true,
+                    ..Default::default()
                 })
                 .await?;
                 // The demo's settings carry the loopback image mirror; the instance is

@@ -68,6 +68,7 @@ pub(crate) async fn point_at_sim(settings: Settings, pool: &str) -> Result<Setti
             port: 0,
             realistic: None,
             process_guests: true,
+            ..Default::default()
         };
         let started = match guests {
             Guests::Process => start_demo_sim_with(opts).await,

@@ -57,6 +57,7 @@ async fn instant() -> Result<(), Box<dyn std::error::Error>> {
         port: 0,
         realistic: None,
         process_guests: true,
+        ..Default::default()
     })
     .await?;
     let mut settings = sim.settings(Settings::default())?;
@@ -227,6 +228,7 @@ async fn realistic(factor: f64) -> Result<(), Box<dyn std::error::Error>> {
         port: 0,
         realistic: Some(factor),
         process_guests: true,
+        ..Default::default()
     })
     .await?;
     eprintln!("realistic task durations x{factor}; the template is built by the first run");

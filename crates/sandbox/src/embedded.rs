@@ -20,6 +20,9 @@ pub struct SimOptions {
     pub realistic: Option<f64>,
     /// Guests that run commands (Linux namespaces, needs root); else they only answer pings.
     pub process_guests: bool,
+    /// The node's CPU count, when not the simulator's 16 (the pool never overcommits vCPUs,
+    /// so this bounds how many 1-core sandboxes run at once).
+    pub node_cpus: Option<u32>,
 }
 
 /// A running simulator and how to reach it.
@@ -51,6 +54,9 @@ async fn start_sim_on(opts: SimOptions, qemu_guests: bool) -> Result<EmbeddedSim
     let mut cfg = SimConfig::new();
     if let Some(f) = opts.realistic {
         cfg = cfg.latency(LatencyProfile::Realistic { time_factor: f });
+    }
+    if let Some(n) = opts.node_cpus {
+        cfg.node_cpus = n;
     }
     if qemu_guests {
         use pve_sim::guest::qemu::{GuestImage, QemuGuestFactory, QemuOptions};
@@ -264,6 +270,7 @@ pub async fn start_demo_sim(time_factor: f64) -> Result<DemoSim, Error> {
         port: 0,
         realistic: Some(time_factor),
         process_guests: true,
+        ..Default::default()
     })
     .await
 }

@@ -658,6 +658,7 @@ async fn slow_clones() -> (pvesandbox::embedded::DemoSim, pvesandbox::Settings) 
         port: 0,
         realistic: Some(0.05),
         process_guests: true,
+        ..Default::default()
     })
     .await
     .expect("simulator");

@@ -16,6 +16,7 @@ pub async fn world() -> (DemoSim, Settings) {
         port: 0,
         realistic: None,
         process_guests: true,
+        ..Default::default()
     })
     .await
     .expect("simulator");
