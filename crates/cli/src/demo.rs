@@ -106,6 +106,7 @@ pub async fn run(ctx: &Ctx, a: DemoArgs) -> Result<i32, Error> {
         TaskOptions {
             run: None,
             progress: Some(bars.callback()),
+            ..Default::default()
         },
     )
     .await?;

@@ -34,7 +34,8 @@ pub struct ServeArgs {
     pub time_factor: f64,
 }
 
-/// Serves until Ctrl-C or SIGTERM, then removes every sandbox it made.
+/// Serves until Ctrl-C or SIGTERM. On Proxmox the sandboxes then stay for the next start to
+/// take over; on the embedded simulator (which ends with the process) they are removed.
 pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<i32, Error> {
     let mut settings = ctx.settings()?;
     let mut sim = None;
@@ -89,8 +90,17 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<i32, Error> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("stopping: removing this server's sandboxes");
-    server.stop().await?;
+    if sim.is_some() {
+        // The simulator ends with this process, and its sandboxes with it.
+        eprintln!("stopping: removing this server's sandboxes");
+        server.stop().await?;
+    } else {
+        // A restart (an upgrade, systemd) must not cost users their sandboxes.
+        eprintln!(
+            "stopping: sandboxes stay in Proxmox; the next `pvesandbox serve` takes them over, their expiry removes them otherwise"
+        );
+        server.stop_keeping().await?;
+    }
     drop(sim);
     Ok(0)
 }

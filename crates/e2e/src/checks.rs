@@ -251,7 +251,7 @@ async fn task(w: &World, eval: EvalConfig) -> Result<Run> {
         eval,
         TaskOptions {
             run: Some(run),
-            progress: None,
+            ..Default::default()
         },
     )
     .await?)

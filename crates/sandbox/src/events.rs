@@ -174,6 +174,12 @@ pub enum EventKind {
     Paused,
     /// Its VMs run again.
     Resumed,
+    /// A process took it over from an earlier one that is gone ([`crate::Run::adopt`]): it
+    /// is running, or paused when its VMs were.
+    Adopted {
+        /// Its VMs were paused.
+        paused: bool,
+    },
     /// Its expiry moved.
     Renewed {
         /// The new expiry.
@@ -191,7 +197,8 @@ impl EventKind {
         }
         Some(match self {
             EventKind::Running | EventKind::Resumed => SampleState::Running,
-            EventKind::Paused => SampleState::Paused,
+            EventKind::Paused | EventKind::Adopted { paused: true } => SampleState::Paused,
+            EventKind::Adopted { paused: false } => SampleState::Running,
             EventKind::TornDown => SampleState::Terminated,
             EventKind::Failed {
                 step,

@@ -299,7 +299,10 @@ fn pick(found: Vec<Attached>, id: &SampleId) -> Result<Attached, Error> {
         })
 }
 
-async fn locate_with(clients: &[(String, PveClient)], run: &RunId) -> Result<Vec<Attached>, Error> {
+pub(crate) async fn locate_with(
+    clients: &[(String, PveClient)],
+    run: &RunId,
+) -> Result<Vec<Attached>, Error> {
     let mut out: BTreeMap<SampleId, Attached> = BTreeMap::new();
     for (instance, client) in clients {
         for vm in crate::vm::list_owned(client).await? {
@@ -332,13 +335,7 @@ impl Fleet {
     /// The live sample `id`, whichever process made it, through the fleet's clients. One this
     /// fleet did not make counts against its instance's capacity while the handle lives.
     pub async fn attach(&self, id: &SampleId) -> Result<Attached, Error> {
-        let clients: Vec<_> = self
-            .inner
-            .instances
-            .iter()
-            .map(|(k, i)| (k.clone(), i.handle.client().clone()))
-            .collect();
-        let mut found = pick(locate_with(&clients, &id.run).await?, id)?;
+        let mut found = pick(locate_with(&self.clients(), &id.run).await?, id)?;
         // One of our own samples already holds its lease.
         if self.sample(id).is_some() {
             return Ok(found);
@@ -351,6 +348,65 @@ impl Fleet {
         found.lease = Some(Arc::new(lease));
         Ok(found)
     }
+}
+
+impl Fleet {
+    /// `(instance id, client)` of every instance.
+    pub(crate) fn clients(&self) -> Vec<(String, PveClient)> {
+        self.inner
+            .instances
+            .iter()
+            .map(|(k, i)| (k.clone(), i.handle.client().clone()))
+            .collect()
+    }
+
+    /// Every sample on pool `pool_id`'s instances, whichever process made it, with the owner
+    /// record of its first VM: what a restarted front end decides to take over or remove.
+    /// One listing per instance and one config read per sample.
+    pub async fn survey(&self, pool_id: &str) -> Result<Vec<Surveyed>, Error> {
+        let mut out = Vec::new();
+        for inst in self.members(pool_id) {
+            let client = inst.handle.client();
+            let mut by_sample: BTreeMap<SampleId, Vec<crate::vm::OwnedVm>> = BTreeMap::new();
+            for vm in crate::vm::list_owned(client).await? {
+                if let Some((id, _)) = SampleId::of_vm_name(&vm.name) {
+                    by_sample.entry(id).or_default().push(vm);
+                }
+            }
+            for (id, vms) in by_sample {
+                let first = &vms[0];
+                let cfg = client
+                    .node(&first.node)
+                    .qemu(first.vmid)
+                    .config_current()
+                    .await?;
+                let record =
+                    crate::owner::OwnerRecord::parse(&cfg.get("description").unwrap_or_default())
+                        .filter(|r| r.run == id.run && r.sample == id.seq);
+                out.push(Surveyed {
+                    id,
+                    instance: inst.handle.id().to_owned(),
+                    vms: vms.iter().map(|v| v.vmid).collect(),
+                    record,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A sample as [`Fleet::survey`] found it in Proxmox.
+#[derive(Debug, Clone)]
+pub struct Surveyed {
+    /// The sample.
+    pub id: SampleId,
+    /// The instance it lives on.
+    pub instance: String,
+    /// Its VMs.
+    pub vms: Vec<pve_client::Vmid>,
+    /// Its first VM's owner record, if it holds one for this sample (`None`: not safe to
+    /// judge by its record).
+    pub record: Option<crate::owner::OwnerRecord>,
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -55,7 +55,7 @@ pub use config::{ImageOverride, ImageSettings, RunSettings, Settings};
 pub use error::{Error, ErrorKind};
 pub use eval::{EvalConfig, VmConfig, VmNicConfig};
 pub use events::{EventKind, SampleEvent, SampleState, Step};
-pub use fleet::{Attached, AttachedVm, Fleet, attach, locate};
+pub use fleet::{Attached, AttachedVm, Fleet, Surveyed, attach, locate};
 pub use lifecycle::{
     Run, Sample, SampleInfo, SampleTimings, SandboxVm, TaskOptions, TemplateProgressFn,
 };

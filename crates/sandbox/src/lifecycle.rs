@@ -47,6 +47,9 @@ pub struct TaskOptions {
     pub run: Option<RunId>,
     /// Called while templates are fetched and built.
     pub progress: Option<TemplateProgressFn>,
+    /// Written into every VM's owner record from its clone on ([`OwnerRecord::notes`]): what
+    /// a front end needs to take its samples over after a restart. Never secrets.
+    pub notes: BTreeMap<String, String>,
 }
 
 /// Wall time of each phase of one sample, for the demo's table and benchmarks; read from its
@@ -109,6 +112,8 @@ struct Inner {
     next_sample: AtomicU32,
     /// Samples not yet cleaned, by sequence number: what task cleanup must still do.
     open: StdMutex<BTreeMap<u32, Arc<Core>>>,
+    /// [`TaskOptions::notes`].
+    notes: BTreeMap<String, String>,
 }
 
 /// A run: one eval (or one `pvesandbox up`) on a [`Fleet`], owning a run id; cheap to clone.
@@ -243,6 +248,7 @@ impl Run {
                 instances,
                 next_sample: AtomicU32::new(0),
                 open: StdMutex::new(BTreeMap::new()),
+                notes: opts.notes,
             }),
         })
     }
@@ -325,6 +331,7 @@ impl Run {
             handle: handle.clone(),
             vms: StdMutex::new(Vec::new()),
             network: StdMutex::new(None),
+            adopted_zone: None,
             lease: StdMutex::new(Some(lease)),
             done: Mutex::new(false),
         });
@@ -443,7 +450,8 @@ impl Run {
                 let step = Step::Clone { vm: name.clone() };
                 let client = inst.handle.client();
                 let node = inst.handle.node();
-                let record = OwnerRecord::here(&inner.run, state.seq, &name, run.ttl());
+                let mut record = OwnerRecord::here(&inner.run, state.seq, &name, run.ttl());
+                record.notes = inner.notes.clone();
                 let pve_name = vm_name(&name, state.seq, &inner.run);
                 let storage = inst.handle.config().image_storage.clone();
                 // Clones from one storage run one at a time (PVE serialises them badly): the
@@ -637,6 +645,152 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Takes over sample `seq` of this run from an earlier process that is gone (a restarted
+    /// server): its VMs are found from Proxmox state, each owner record is moved to this
+    /// process ([`OwnerRecord::taken_over`]), and its slot is counted in the pool. It is then
+    /// a sample of this run like any other (commands, pause, renew, cleanup, which also
+    /// removes its network by zone id). Running VMs make it [`SampleState::Running`], paused
+    /// ones [`SampleState::Paused`]; any other VM state (stopped, locked, missing a record)
+    /// refuses the adoption and changes nothing, so the caller decides what to do with it.
+    pub async fn adopt(&self, seq: u32) -> Result<Sample, Error> {
+        let inner = &self.inner;
+        let id = SampleId {
+            run: inner.run.clone(),
+            seq,
+        };
+        if let Some(live) = inner.fleet.sample(&id) {
+            return Err(Error::WrongState {
+                sample: id.to_string(),
+                state: Box::new(live.state),
+                action: "adopt",
+                needs: "not live in this process",
+            });
+        }
+        let found = crate::fleet::locate_with(&inner.fleet.clients(), &inner.run)
+            .await?
+            .into_iter()
+            .find(|a| a.id == id)
+            .ok_or_else(|| Error::NoSuchRun {
+                run: id.to_string(),
+            })?;
+        let inst = inner
+            .instances
+            .get(&found.instance)
+            .ok_or_else(|| Error::Config {
+                field: "instance_pool_id".into(),
+                value: inner.eval.instance_pool_id.clone(),
+                fix: format!(
+                    "sample {id} lives on instance {}, which is not in this run's pool",
+                    found.instance
+                ),
+            })?;
+        let names = inner.eval.sandbox_names();
+        let mut paused = 0;
+        for v in &found.vms {
+            let st = inst
+                .handle
+                .client()
+                .node(&v.node)
+                .qemu(v.vmid)
+                .status()
+                .await?;
+            let q = st.qmpstatus.as_deref().unwrap_or(&st.status);
+            let ok =
+                st.status == "running" && st.lock.is_none() && matches!(q, "running" | "paused");
+            if !ok || !names.contains(&v.name) {
+                return Err(Error::NotOurs {
+                    vm: format!("{}/{} ({})", found.instance, v.vmid, v.name),
+                    why: format!(
+                        "not adoptable: status {}, qmpstatus {q}, lock {}, sandbox name {} in the eval",
+                        st.status,
+                        st.lock.as_deref().unwrap_or("none"),
+                        if names.contains(&v.name) {
+                            "known"
+                        } else {
+                            "unknown"
+                        },
+                    ),
+                });
+            }
+            if q == "paused" {
+                paused += 1;
+            }
+        }
+        if paused != 0 && paused != found.vms.len() {
+            return Err(Error::NotOurs {
+                vm: format!("{}/{id}", found.instance),
+                why: format!(
+                    "{paused} of its {} VMs are paused: resume or pause them all first",
+                    found.vms.len()
+                ),
+            });
+        }
+        let tracker = Tracker::new(id.clone());
+        let needs = Needs {
+            ram_mb: found.vms.iter().map(|v| v.memory_mb).sum(),
+            vcpus: found.vms.iter().map(|v| v.cores).sum(),
+        };
+        let lease = inner.fleet.pool().adopt(&found.instance, needs).await?;
+        let zone = match &inner.eval.sdn_config {
+            SdnSpec::Topology(c) => Some(c.vnet_configs.len()),
+            SdnSpec::Auto => Some(1),
+            _ => None,
+        }
+        .map(|n| NetworkIds::for_sample(inner.run.key(), seq, n).map(|ids| ids.zone))
+        .transpose()?;
+        let core = Arc::new(Core {
+            tracker,
+            seq,
+            instance: found.instance.clone(),
+            handle: inst.handle.clone(),
+            vms: StdMutex::new(found.vms.iter().map(|v| (v.vmid, v.name.clone())).collect()),
+            network: StdMutex::new(None),
+            adopted_zone: zone,
+            lease: StdMutex::new(Some(lease)),
+            done: Mutex::new(false),
+        });
+        core.rewrite_records("adopted", OwnerRecord::taken_over)
+            .await?;
+        let mut sandboxes = Vec::new();
+        for (i, vmc) in inner.eval.vms_config.iter().enumerate() {
+            let Some(v) = found.vms.iter().find(|v| v.name == names[i]) else {
+                continue;
+            };
+            let mut agent = GuestAgent::new(inst.handle.client().clone(), &v.node, v.vmid);
+            if let Some(u) = &vmc.user {
+                agent = agent.file_user(u.clone());
+                if vmc.is_sandbox {
+                    let home = home_of(&agent, u).await;
+                    agent = agent.workdir(&home);
+                }
+            }
+            sandboxes.push(SandboxVm {
+                name: v.name.clone(),
+                vmid: v.vmid,
+                node: v.node.clone(),
+                instance: found.instance.clone(),
+                is_sandbox: vmc.is_sandbox,
+                user: vmc.user.clone(),
+                agent,
+            });
+        }
+        lock(&inner.open).insert(seq, core.clone());
+        inner.fleet.register(&core);
+        inner.fleet.events().emit(
+            &core.tracker,
+            EventKind::Adopted {
+                paused: paused != 0,
+            },
+        );
+        Ok(Sample {
+            task: self.clone(),
+            core,
+            sandboxes,
+        })
+    }
+}
+
 /// How long one pause or resume task may take (PVE's QMP `stop`/`cont` answer within seconds;
 /// the rest is the task's bookkeeping and a loaded node).
 const POWER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -690,6 +844,9 @@ pub(crate) struct Core {
     handle: InstanceHandle,
     vms: StdMutex<Vec<(Vmid, String)>>,
     network: StdMutex<Option<Network>>,
+    /// The zone of an adopted sample's network, which an earlier process made (its plan is
+    /// gone with that process; the zone id is all teardown needs).
+    adopted_zone: Option<String>,
     /// Held until the teardown succeeds: the sample's slot in the pool's capacity count.
     lease: StdMutex<Option<Lease>>,
     /// Held during teardown, so concurrent cleanups of one sample do the work once.
@@ -776,7 +933,19 @@ impl Core {
             }
         }
         let net = lock(&self.network).clone();
-        let net_zone = net.as_ref().and_then(|n| n.zone.clone());
+        let net_zone = net
+            .as_ref()
+            .and_then(|n| n.zone.clone())
+            .or_else(|| self.adopted_zone.clone());
+        if failed.is_empty()
+            && net.is_none()
+            && let Some(zone) = &self.adopted_zone
+        {
+            let applier = PoolApplier(self.handle.clone());
+            if let Err(e) = pve_sdn::teardown_by_ids(client, zone, &applier).await {
+                failed.push(format!("{}/network {zone}: {e}", self.instance));
+            }
+        }
         if failed.is_empty()
             && let Some(net) = net
         {
@@ -809,6 +978,47 @@ impl Core {
                 .emit(&self.tracker, failure(Step::Teardown, &e));
             Err(e)
         }
+    }
+
+    /// Rewrites every VM's owner record through `change` (and its `exp-` tag to the record's
+    /// expiry, other tags kept), each with its config digest so a concurrent change is refused
+    /// rather than overwritten. A VM whose record is gone is not ours any more (`what` says
+    /// what was not done to it).
+    async fn rewrite_records(
+        &self,
+        what: &str,
+        change: impl Fn(OwnerRecord) -> OwnerRecord,
+    ) -> Result<(), Error> {
+        let vms = lock(&self.vms).clone();
+        let client = self.handle.client();
+        let node = client.node(self.handle.node());
+        for (vmid, name) in vms {
+            let vm = node.qemu(vmid);
+            let cfg = vm.config_current().await?;
+            let description = cfg.get("description").unwrap_or_default();
+            let Some(record) = OwnerRecord::parse(&description) else {
+                return Err(Error::NotOurs {
+                    vm: format!("{}/{vmid} ({name})", self.instance),
+                    why: format!("its description holds no owner record any more; not {what}"),
+                });
+            };
+            let record = change(record);
+            let mut tags: Vec<String> = cfg
+                .tag_list()
+                .into_iter()
+                .filter(|t| !t.starts_with(crate::owner::EXPIRY_PREFIX))
+                .collect();
+            tags.push(format!("{}{}", crate::owner::EXPIRY_PREFIX, record.expires));
+            tags.sort();
+            let mut p = pve_client::Params::new()
+                .with("tags", tags.join(";"))
+                .with("description", record.description());
+            if let Some(d) = cfg.digest() {
+                p = p.with("digest", d);
+            }
+            vm.update_config(&p).await?;
+        }
+        Ok(())
     }
 
     /// Pauses (`pause`) or resumes every VM of the sample, all at once, each to the end of its
@@ -919,40 +1129,29 @@ impl Sample {
                 fix: "give a time after 1970".into(),
             })?
             .as_secs();
-        let vms = lock(&self.core.vms).clone();
-        let client = self.core.handle.client();
-        let node = client.node(&self.core.handle.config().node);
-        for (vmid, name) in vms {
-            let vm = node.qemu(vmid);
-            let cfg = vm.config_current().await?;
-            let description = cfg.get("description").unwrap_or_default();
-            let Some(mut record) = OwnerRecord::parse(&description) else {
-                return Err(Error::NotOurs {
-                    vm: format!("{}/{vmid} ({name})", self.core.instance),
-                    why: "its description holds no owner record any more; not renewed".into(),
-                });
-            };
-            record.expires = expires;
-            let mut tags: Vec<String> = cfg
-                .tag_list()
-                .into_iter()
-                .filter(|t| !t.starts_with(crate::owner::EXPIRY_PREFIX))
-                .collect();
-            tags.push(format!("{}{expires}", crate::owner::EXPIRY_PREFIX));
-            tags.sort();
-            let mut p = pve_client::Params::new()
-                .with("tags", tags.join(";"))
-                .with("description", record.description());
-            if let Some(d) = cfg.digest() {
-                p = p.with("digest", d);
-            }
-            vm.update_config(&p).await?;
-        }
+        self.core
+            .rewrite_records("renewed", |mut r| {
+                r.expires = expires;
+                r
+            })
+            .await?;
         self.task
             .fleet()
             .events()
             .emit(&self.core.tracker, EventKind::Renewed { expires_at });
         Ok(())
+    }
+    /// Adds `notes` to every VM's owner record (an existing key is replaced): what a front end
+    /// learns once the sample exists, for the process that takes it over after a restart. One
+    /// config call per VM, each with its digest. Never secrets: the VM's readers see them.
+    pub async fn annotate(&self, notes: &BTreeMap<String, String>) -> Result<(), Error> {
+        self.core
+            .rewrite_records("annotated", |mut r| {
+                r.notes
+                    .extend(notes.iter().map(|(k, v)| (k.clone(), v.clone())));
+                r
+            })
+            .await
     }
     /// Pauses every VM of the sample with its RAM kept (`status/suspend`, task `qmpause`):
     /// nothing in them runs, and commands fail as PVE's agent does on a paused VM, until

@@ -12,6 +12,7 @@
 //! owner process is provably still alive on this host is left alone. Networks cannot carry tags,
 //! so their ids embed the run's [`RunId::key`] (see `pve_sdn::NetworkIds`).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -169,6 +170,11 @@ pub struct OwnerRecord {
     pub sample: u32,
     /// The sandbox name within the sample (`default`, `victim`, ...).
     pub name: String,
+    /// What the front end that made the sample keeps with it ([`crate::TaskOptions::notes`],
+    /// [`crate::Sample::annotate`]), so a later process can take it over: the server's image,
+    /// metadata and readiness. Anyone who may read the VM's config reads these: never secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
 }
 
 impl OwnerRecord {
@@ -183,7 +189,17 @@ impl OwnerRecord {
             expires: now + ttl.as_secs(),
             sample,
             name: name.to_owned(),
+            notes: BTreeMap::new(),
         }
+    }
+    /// This record moved to this process (host, pid, start time), as a process taking the
+    /// sample over writes it, so `cleanup --expired` sees the new owner alive.
+    pub fn taken_over(mut self) -> OwnerRecord {
+        let now = unix_now();
+        self.host = host_name();
+        self.pid = std::process::id();
+        self.started = process_start(self.pid).unwrap_or(now);
+        self
     }
     /// The PVE tags for a VM with this record (sorted, as PVE stores them).
     pub fn tags(&self) -> Vec<String> {
@@ -337,6 +353,20 @@ mod tests {
             "no pvesandbox tag"
         );
         assert_eq!(OwnerRecord::parse("made by hand"), None);
+        // Notes ride along; a record from before notes existed still reads, with none.
+        let mut noted = r.clone();
+        noted.notes.insert("image".into(), "debian13".into());
+        assert_eq!(
+            OwnerRecord::parse(&noted.description()),
+            Some(noted.clone())
+        );
+        assert!(!r.description().contains("notes"), "no empty notes written");
+        let mut stranger = noted.clone();
+        stranger.pid = u32::MAX;
+        assert!(!stranger.owner_alive());
+        let taken = stranger.taken_over();
+        assert!(taken.owner_alive(), "taken over by this process");
+        assert_eq!((taken.notes, taken.expires), (noted.notes, noted.expires));
     }
 
     #[test]

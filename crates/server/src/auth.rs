@@ -4,8 +4,10 @@
 //! there.
 //!
 //! Keys are kept as SHA-256 digests and compared in constant time; a token is the HMAC-SHA256
-//! of the sandbox id under a key made at start, so it needs no storage and opens one sandbox
-//! only.
+//! of the sandbox id under a key derived from the API keys, so it needs no storage, opens one
+//! sandbox only, and stays valid across a restart (and between replicas) with the same keys;
+//! changing the keys changes every token. An unauthenticated server draws its token key at
+//! random: every token is moot there.
 
 use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
@@ -37,12 +39,24 @@ impl std::fmt::Debug for Auth {
 impl Auth {
     /// Accepts `keys`; with none and `open`, everyone (the caller made sure that is loopback).
     pub fn new(keys: &[Secret], open: bool) -> Auth {
+        let keys: Vec<[u8; 32]> = keys
+            .iter()
+            .map(|k| Sha256::digest(k.expose().as_bytes()).into())
+            .collect();
+        let token_key = if keys.is_empty() {
+            rand::random()
+        } else {
+            let mut sorted = keys.clone();
+            sorted.sort();
+            let mut h = Sha256::new();
+            // Domain-separated, so a token key never equals a key's plain digest.
+            h.update(b"pvesandbox-server execd token key v1\0");
+            sorted.iter().for_each(|k| h.update(k));
+            h.finalize().into()
+        };
         Auth {
-            keys: keys
-                .iter()
-                .map(|k| Sha256::digest(k.expose().as_bytes()).into())
-                .collect(),
-            token_key: rand::random(),
+            keys,
+            token_key,
             open,
         }
     }
@@ -111,5 +125,10 @@ mod tests {
         assert!(!auth.token_ok("s1.abc", &with(TOKEN_HEADER, &t)));
         assert!(!format!("{auth:?}").contains("k1"));
         assert!(Auth::new(&[], true).key_ok(&HeaderMap::new()));
+        // A restarted server with the same keys hands out the same tokens; other keys do not.
+        let again = Auth::new(&[Secret::new("k2"), Secret::new("k1")], false);
+        assert_eq!(again.token("s0.abcdefghij"), auth.token("s0.abcdefghij"));
+        let other = Auth::new(&[Secret::new("k1")], false);
+        assert_ne!(other.token("s0.abcdefghij"), auth.token("s0.abcdefghij"));
     }
 }

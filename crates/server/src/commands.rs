@@ -4,8 +4,9 @@
 //!
 //! In the guest, each command has a directory `/run/pvesandbox-cmd/<id>` holding `out`, `err`
 //! (background commands: both streams in `out`, as execd's log), `pid` (its process group: it
-//! runs under `setsid`) and, once it ended, `rc`. The directory is removed after a foreground
-//! command was reported; background ones keep it for their logs.
+//! runs under `setsid`), `started` (the host's clock, unix ms) and, once it ended, `rc`. The
+//! directory is removed after a foreground command was reported; background ones keep it for
+//! their logs, and a restarted server finds them there by id ([`Started::find`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,8 +36,8 @@ pub const QUEUE: usize = 256;
 /// its exit status to `rc` (through a rename, so a reader never sees half a number). The
 /// wrapper traps (rather than ignores, which the command would inherit) the signals an
 /// interrupt sends its process group, so it outlives the command to write `rc`.
-const SPAWN: &str = r#"d=$1; both=$2; shift 2
-mkdir -p "$d" && : >"$d/out" && : >"$d/err" || exit 97
+const SPAWN: &str = r#"d=$1; both=$2; started=$3; shift 3
+mkdir -p "$d" && : >"$d/out" && : >"$d/err" && echo "$started" >"$d/started" || exit 97
 if [ "$both" = 1 ]; then e="$d/out"; else e="$d/err"; fi
 setsid sh -c 'trap : TERM INT HUP; d=$1; e=$2; shift 2; "$@" >>"$d/out" 2>>"$e" </dev/null; echo $? >"$d/rc.part"; mv "$d/rc.part" "$d/rc"' run "$d" "$e" "$@" >/dev/null 2>&1 </dev/null &
 echo $! >"$d/pid"
@@ -79,6 +80,8 @@ pub enum Output {
 /// Starts `spec` in the guest behind `agent`.
 pub async fn start(agent: &GuestAgent, spec: Spec) -> Result<Started, pvesandbox::Error> {
     let id = format!("{:016x}", rand::random::<u64>());
+    // Kept in the guest to the millisecond, so a restarted server reports the same time.
+    let started_at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms(SystemTime::now()));
     let dir = format!("{DIR}/{id}");
     let mut argv = vec![
         "sh".to_owned(),
@@ -87,6 +90,7 @@ pub async fn start(agent: &GuestAgent, spec: Spec) -> Result<Started, pvesandbox
         "spawn".to_owned(),
         dir.clone(),
         if spec.combined { "1" } else { "0" }.to_owned(),
+        unix_ms(started_at).to_string(),
     ];
     argv.extend(spec.argv);
     let mut req = ExecRequest::new(argv).timeout(Duration::from_secs(60));
@@ -112,11 +116,47 @@ pub async fn start(agent: &GuestAgent, spec: Spec) -> Result<Started, pvesandbox
         id,
         dir,
         agent: agent.clone(),
-        started_at: SystemTime::now(),
+        started_at,
     })
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Started {
+    /// The command `id` a server (this one before a restart, or another) started in the guest
+    /// behind `agent`, from its directory there; `None` when there is none. Only ids of the
+    /// form [`start`] draws are looked up: the id becomes a guest path.
+    pub async fn find(agent: &GuestAgent, id: &str) -> Result<Option<Started>, pvesandbox::Error> {
+        if id.len() != 16
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Ok(None);
+        }
+        let dir = format!("{DIR}/{id}");
+        // The guest wrote it: read a few bytes, and take anything else as "unknown" (now).
+        let started = match agent.read_at(&format!("{dir}/started"), 0, 32).await {
+            Ok(b) => String::from_utf8_lossy(&b)
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .unwrap_or_else(SystemTime::now),
+            Err(guest_agent::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(Started {
+            id: id.to_owned(),
+            dir,
+            agent: agent.clone(),
+            started_at: started,
+        }))
+    }
+
     fn file(&self, name: &str) -> String {
         format!("{}/{name}", self.dir)
     }

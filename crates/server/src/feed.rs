@@ -134,6 +134,7 @@ pub fn sample_event(ev: &pvesandbox::SampleEvent) -> serde_json::Value {
         }),
         K::Paused => json!({"kind": "paused"}),
         K::Resumed => json!({"kind": "resumed"}),
+        K::Adopted { paused } => json!({"kind": "adopted", "paused": paused}),
         K::Renewed { expires_at } => json!({
             "kind": "renewed", "expiresAt": crate::sandboxes::rfc3339(*expires_at),
         }),

@@ -132,6 +132,17 @@ impl Server {
         })?;
         let egress = fleet.settings().run.egress;
         let sandboxes = sandboxes::Sandboxes::new(fleet, pool_id);
+        // Before the first request: a client asking for a sandbox of the previous process
+        // finds it, never a 404 that turns into a 200 a moment later.
+        let recovered = sandboxes.recover().await?;
+        if recovered != Default::default() {
+            tracing::info!(
+                adopted = recovered.adopted.len(),
+                removed = recovered.removed.len(),
+                left = recovered.left.len(),
+                "took over what an earlier server left"
+            );
+        }
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let app = Arc::new(routes::App {
             sandboxes: sandboxes.clone(),
@@ -213,6 +224,13 @@ impl Server {
     pub async fn stop(self) -> Result<(), Error> {
         let _ = self.stop.send(true);
         self.sandboxes.remove_all().await;
+        self.wait().await
+    }
+
+    /// Stops accepting and leaves the sandboxes in Proxmox, where the next server on the same
+    /// instances takes them over at its start (their expiry removes them otherwise).
+    pub async fn stop_keeping(self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
         self.wait().await
     }
 }

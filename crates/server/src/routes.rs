@@ -195,6 +195,25 @@ impl App {
         }
         self.sandboxes.get(id)
     }
+
+    /// Background command `cmd` of `entry`: one this process started, or one an earlier
+    /// server did (its directory in the guest; kept from then on).
+    async fn background_command(
+        &self,
+        entry: &Entry,
+        cmd: &str,
+    ) -> Result<Arc<commands::Started>, ApiError> {
+        if let Some(c) = self.background.get(&entry.id, cmd) {
+            return Ok(c);
+        }
+        let sample = entry.sample().ok_or_else(|| no_command(cmd))?;
+        let found = commands::Started::find(sandbox_vm(&sample)?.agent(), cmd)
+            .await?
+            .ok_or_else(|| no_command(cmd))?;
+        let found = Arc::new(found);
+        self.background.keep(&entry.id, found.clone());
+        Ok(found)
+    }
 }
 
 fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -561,11 +580,8 @@ async fn command_status(
     headers: HeaderMap,
     Path((id, cmd)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    app.endpoint_of(&id, &headers)?;
-    let c = app
-        .background
-        .get(&id, &cmd)
-        .ok_or_else(|| no_command(&cmd))?;
+    let entry = app.endpoint_of(&id, &headers)?;
+    let c = app.background_command(&entry, &cmd).await?;
     let mut v = serde_json::json!({
         "id": c.id,
         "running": true,
@@ -586,11 +602,8 @@ async fn command_logs(
     Path((id, cmd)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.endpoint_of(&id, &headers)?;
-    let c = app
-        .background
-        .get(&id, &cmd)
-        .ok_or_else(|| no_command(&cmd))?;
+    let entry = app.endpoint_of(&id, &headers)?;
+    let c = app.background_command(&entry, &cmd).await?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid("query", e))?;
     let cursor: u64 = match pairs.iter().find(|(k, _)| k == "cursor") {
@@ -620,7 +633,7 @@ async fn command_interrupt(
     Path(id): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Result<StatusCode, ApiError> {
-    app.endpoint_of(&id, &headers)?;
+    let entry = app.endpoint_of(&id, &headers)?;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::invalid("query", e))?;
     let cmd = pairs
@@ -628,10 +641,7 @@ async fn command_interrupt(
         .find(|(k, _)| k == "id")
         .map(|(_, v)| v.clone())
         .ok_or_else(|| ApiError::invalid("id", "required: the command's id"))?;
-    let c = app
-        .background
-        .get(&id, &cmd)
-        .ok_or_else(|| no_command(&cmd))?;
+    let c = app.background_command(&entry, &cmd).await?;
     c.kill("TERM").await?;
     Ok(StatusCode::OK)
 }

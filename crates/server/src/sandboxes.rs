@@ -26,6 +26,48 @@ const IDLE_ENTRYPOINT: [&str; 3] = ["tail", "-f", "/dev/null"];
 /// The shortest `timeout` the spec allows, seconds.
 const MIN_TIMEOUT_SECS: i64 = 60;
 
+/// What each sandbox VM's owner record notes ([`pvesandbox::OwnerRecord::notes`]), so a
+/// restarted server takes its sandboxes over from Proxmox alone ([`Sandboxes::recover`]).
+/// The VM's readers see them: the environment (secrets, often) goes into the guest instead
+/// ([`ENV_FILE`]).
+mod note {
+    /// Made by this server; the value is [`SERVER`](self::SERVER_VALUE).
+    pub const SERVER: &str = "server";
+    /// The one value of [`SERVER`].
+    pub const SERVER_VALUE: &str = "opensandbox";
+    /// `image.uri` as given.
+    pub const IMAGE: &str = "image";
+    /// RAM, MiB, from `resourceLimits`.
+    pub const RAM_MB: &str = "ram_mb";
+    /// vCPUs, from `resourceLimits`.
+    pub const VCPUS: &str = "vcpus";
+    /// The entrypoint, a JSON array.
+    pub const ENTRYPOINT: &str = "entrypoint";
+    /// The metadata, a JSON object.
+    pub const METADATA: &str = "metadata";
+    /// When the create came, unix milliseconds.
+    pub const CREATED: &str = "created_ms";
+    /// Present when `timeout` was null: no expiry in the API (the record's is a backstop).
+    pub const NO_TIMEOUT: &str = "no_timeout";
+    /// Present once provisioning ended well: a sandbox without it was being made when its
+    /// server died, and is removed rather than adopted.
+    pub const READY: &str = "ready";
+}
+
+/// Where a sandbox's `env` lives in its guest (root only), for a restarted server.
+const ENV_FILE: &str = "/var/lib/pvesandbox/env.json";
+
+/// The most `env` JSON a sandbox keeps, and a restarted server reads back from the guest
+/// (which may have replaced it with anything).
+const MAX_ENV_BYTES: usize = 64 * 1024;
+
+/// The most `metadata` (as JSON) a sandbox keeps: PVE holds a VM description to 8 KiB, and the
+/// owner record and the rest of the notes need about 1 KiB of it.
+const MAX_METADATA_BYTES: usize = 4096;
+
+/// The most `entrypoint` (as JSON) a sandbox keeps, under the same limit.
+const MAX_ENTRYPOINT_BYTES: usize = 2048;
+
 /// Every sandbox of the server, by id.
 pub struct Sandboxes {
     fleet: Fleet,
@@ -322,10 +364,7 @@ impl Sandboxes {
             }
         };
         for k in req.env.keys() {
-            if k.is_empty()
-                || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                || k.as_bytes()[0].is_ascii_digit()
-            {
+            if !is_env_name(k) {
                 return Err(ApiError::invalid(
                     "env",
                     format!("{k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
@@ -353,6 +392,32 @@ impl Sandboxes {
             }],
         });
         let eval = EvalConfig::from_json(&eval.to_string())?;
+        let entrypoint_json = serde_json::to_string(&req.entrypoint).unwrap_or_default();
+        if entrypoint_json.len() > MAX_ENTRYPOINT_BYTES {
+            return Err(ApiError::invalid(
+                "entrypoint",
+                format!(
+                    "{} bytes as JSON: at most {MAX_ENTRYPOINT_BYTES}; put a longer command in a script",
+                    entrypoint_json.len()
+                ),
+            ));
+        }
+        let metadata_json = serde_json::to_string(&req.metadata).unwrap_or_default();
+        if metadata_json.len() > MAX_METADATA_BYTES {
+            return Err(ApiError::invalid(
+                "metadata",
+                format!(
+                    "{} bytes as JSON: at most {MAX_METADATA_BYTES} (Proxmox keeps it in the VM's description)",
+                    metadata_json.len()
+                ),
+            ));
+        }
+        if serde_json::to_vec(&req.env).map_or(0, |v| v.len()) > MAX_ENV_BYTES {
+            return Err(ApiError::invalid(
+                "env",
+                format!("more than {MAX_ENV_BYTES} bytes as JSON; pass large values as files"),
+            ));
+        }
         let run_id = self.fleet.fresh_run_id(&self.pool_id).await?;
         let sample_id = SampleId {
             run: run_id.clone(),
@@ -360,6 +425,23 @@ impl Sandboxes {
         };
         let id = sample_id.to_string();
         let now = SystemTime::now();
+        let mut notes = BTreeMap::from([
+            (note::SERVER.to_owned(), note::SERVER_VALUE.to_owned()),
+            (note::IMAGE.to_owned(), image.uri.clone()),
+            (note::RAM_MB.to_owned(), memory.to_string()),
+            (note::VCPUS.to_owned(), cores.to_string()),
+            (note::ENTRYPOINT.to_owned(), entrypoint_json),
+            (note::METADATA.to_owned(), metadata_json),
+            (
+                note::CREATED.to_owned(),
+                now.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+                    .to_string(),
+            ),
+        ]);
+        if timeout.is_none() {
+            notes.insert(note::NO_TIMEOUT.to_owned(), "1".to_owned());
+        }
         let entry = Arc::new(Entry {
             id: id.clone(),
             sample_id,
@@ -377,7 +459,7 @@ impl Sandboxes {
         self.announce(&entry);
         let me = self.clone();
         let e = entry.clone();
-        tokio::spawn(async move { me.provision(e, eval, run_id).await });
+        tokio::spawn(async move { me.provision(e, eval, run_id, notes).await });
         Ok(entry)
     }
 
@@ -386,10 +468,12 @@ impl Sandboxes {
         entry: Arc<Entry>,
         eval: EvalConfig,
         run: pvesandbox::RunId,
+        notes: BTreeMap<String, String>,
     ) {
         let opts = TaskOptions {
             run: Some(run),
-            progress: None,
+            notes,
+            ..Default::default()
         };
         let made = async {
             let run = self.fleet.run(eval, opts).await?;
@@ -405,7 +489,12 @@ impl Sandboxes {
                 if let Some(t) = entry.expires_at() {
                     sample.renew(t).await?;
                 }
-                self.start_entrypoint(&entry, &sample).await
+                save_env(&entry, &sample).await?;
+                self.start_entrypoint(&entry, &sample).await?;
+                // Last: only now may a restarted server adopt it as it is.
+                sample
+                    .annotate(&BTreeMap::from([(note::READY.to_owned(), "1".to_owned())]))
+                    .await
             };
             if let Err(e) = rest.await {
                 let _ = sample.cleanup(false).await;
@@ -657,6 +746,214 @@ impl Sandboxes {
     /// The fleet the sandboxes live on.
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(k: &str) -> bool {
+    k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && k.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+}
+
+/// Keeps the sandbox's `env` in its guest, readable by root only, for a restarted server.
+async fn save_env(entry: &Entry, sample: &Sample) -> Result<(), pvesandbox::Error> {
+    if entry.env.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_vec(&entry.env).unwrap_or_default();
+    let dir = ENV_FILE.rsplit_once('/').map_or("/", |(d, _)| d);
+    let req = ExecRequest::new([
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "umask 077 && mkdir -p \"$1\" && cat > \"$2\"".to_owned(),
+        "save-env".to_owned(),
+        dir.to_owned(),
+        ENV_FILE.to_owned(),
+    ])
+    .stdin(json);
+    let out = sandbox_vm(sample)?.exec(req).await?;
+    if !out.success() {
+        return Err(pvesandbox::Error::Config {
+            field: "env".into(),
+            value: String::new(),
+            fix: format!(
+                "could not be kept in the guest: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The `env` a sandbox's guest kept ([`save_env`]). The guest may have rewritten the file:
+/// it is read bounded and parsed strictly, and anything off yields no environment (with a
+/// warning) rather than a failure; the guest only spoils its own commands' environment.
+async fn load_env(id: &str, sample: &Sample) -> BTreeMap<String, String> {
+    let vm = match sandbox_vm(sample) {
+        Ok(vm) => vm,
+        Err(_) => return BTreeMap::new(),
+    };
+    let parsed = match vm.read_file(ENV_FILE, Some(MAX_ENV_BYTES as u64)).await {
+        Ok(bytes) => serde_json::from_slice::<BTreeMap<String, String>>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|env| match env.keys().find(|k| !is_env_name(k)) {
+                Some(k) => Err(format!("{k:?} is not a variable name")),
+                None => Ok(env),
+            }),
+        // No file: the sandbox had no env.
+        Err(e) if e.kind() == pvesandbox::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e.to_string()),
+    };
+    parsed.unwrap_or_else(|why| {
+        tracing::warn!(sandbox = %id, %why, "its env file is unusable: commands get no sandbox env");
+        BTreeMap::new()
+    })
+}
+
+enum Outcome {
+    Adopted,
+    Remove,
+    Left,
+}
+
+/// What [`Sandboxes::recover`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Sandboxes taken over as they were.
+    pub adopted: Vec<String>,
+    /// Half-made sandboxes removed from Proxmox.
+    pub removed: Vec<String>,
+    /// Sandboxes left alone: their server still runs (on this host), or adopting failed.
+    pub left: Vec<String>,
+}
+
+impl Sandboxes {
+    /// Takes over what an earlier server left in Proxmox, before serving: every sandbox whose
+    /// VMs say this server made it (their notes) and whose owner process is gone. A sandbox
+    /// provisioned to the end is adopted (same id, image, metadata, expiry and env, its
+    /// processes untouched, running or paused); one that was still being made when its server
+    /// died is removed with everything of its run, so a crash mid-create leaves nothing. A
+    /// sandbox whose owner is provably alive (another server on this host) is left alone.
+    pub async fn recover(self: &Arc<Self>) -> Result<Recovered, pvesandbox::Error> {
+        let found = self.fleet.survey(&self.pool_id).await?;
+        let mut out = Recovered::default();
+        let jobs = found.into_iter().filter_map(|s| {
+            let record = s.record.clone()?;
+            if record.notes.get(note::SERVER).map(String::as_str) != Some(note::SERVER_VALUE) {
+                return None;
+            }
+            Some(async move {
+                let id = s.id.to_string();
+                if record.owner_alive() {
+                    return (s.id, id, Outcome::Left);
+                }
+                if !record.notes.contains_key(note::READY) {
+                    tracing::info!(sandbox = %id, "half-made by a server that died: removing");
+                    return (s.id, id, Outcome::Remove);
+                }
+                // A failure here may be passing (Proxmox busy): the sandbox is left for its
+                // expiry (or `cleanup --run`), never removed on a guess.
+                match self.adopt(&s, &record).await {
+                    Ok(()) => (s.id, id, Outcome::Adopted),
+                    Err(e) => {
+                        tracing::warn!(
+                            sandbox = %id, error = %e,
+                            "cannot be adopted: left in Proxmox until it expires (`pvesandbox cleanup --run {}` removes it now)",
+                            s.id.run
+                        );
+                        (s.id, id, Outcome::Left)
+                    }
+                }
+            })
+        });
+        let results = futures_util::future::join_all(jobs).await;
+        let instances: Vec<_> = self
+            .fleet
+            .settings()
+            .instances
+            .iter()
+            .filter(|i| i.pool_id == self.pool_id)
+            .cloned()
+            .collect();
+        for (sample, id, outcome) in results {
+            match outcome {
+                Outcome::Adopted => out.adopted.push(id),
+                Outcome::Left => out.left.push(id),
+                Outcome::Remove => {
+                    // The whole run: a half-made sandbox may have a network and no VM yet.
+                    let target = pvesandbox::CleanupTarget::Run(sample.run);
+                    pvesandbox::cleanup(&instances, &target)
+                        .await?
+                        .into_result()?;
+                    out.removed.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn adopt(
+        self: &Arc<Self>,
+        s: &pvesandbox::Surveyed,
+        record: &pvesandbox::OwnerRecord,
+    ) -> Result<(), pvesandbox::Error> {
+        let notes = &record.notes;
+        let bad = |field: &str| pvesandbox::Error::Config {
+            field: format!("owner record notes.{field}"),
+            value: notes.get(field).cloned().unwrap_or_default(),
+            fix: "not as this server writes it".into(),
+        };
+        let get = |field: &str| notes.get(field).ok_or_else(|| bad(field));
+        let image = get(note::IMAGE)?.clone();
+        let ram: u64 = get(note::RAM_MB)?.parse().map_err(|_| bad(note::RAM_MB))?;
+        let cores: u32 = get(note::VCPUS)?.parse().map_err(|_| bad(note::VCPUS))?;
+        let entrypoint: Vec<String> =
+            serde_json::from_str(get(note::ENTRYPOINT)?).map_err(|_| bad(note::ENTRYPOINT))?;
+        let metadata: BTreeMap<String, String> =
+            serde_json::from_str(get(note::METADATA)?).map_err(|_| bad(note::METADATA))?;
+        let created: u64 = get(note::CREATED)?
+            .parse()
+            .map_err(|_| bad(note::CREATED))?;
+        let source = source_of(&image).map_err(|_| bad(note::IMAGE))?;
+        let eval = serde_json::json!({
+            "instance_pool_id": self.pool_id,
+            "vms_config": [{"vm_source_config": source, "ram_mb": ram, "vcpus": cores}],
+        });
+        let eval = EvalConfig::from_json(&eval.to_string())?;
+        let run = self
+            .fleet
+            .run(
+                eval,
+                TaskOptions {
+                    run: Some(s.id.run.clone()),
+                    notes: notes.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let sample = Arc::new(run.adopt(s.id.seq).await?);
+        let id = s.id.to_string();
+        let env = load_env(&id, &sample).await;
+        let expires_at = (!notes.contains_key(note::NO_TIMEOUT))
+            .then(|| std::time::UNIX_EPOCH + Duration::from_secs(record.expires));
+        let now = SystemTime::now();
+        let entry = Arc::new(Entry {
+            id: id.clone(),
+            sample_id: s.id.clone(),
+            created_at: std::time::UNIX_EPOCH + Duration::from_millis(created),
+            image,
+            entrypoint,
+            metadata,
+            env,
+            expires_at: Mutex::new(expires_at),
+            phase: Mutex::new(Phase::Ready { run, sample }),
+            changed_at: Mutex::new(now),
+            delete_asked: AtomicBool::new(false),
+        });
+        lock(&self.entries).insert(id.clone(), entry.clone());
+        tracing::info!(sandbox = %id, state = entry.state(), "adopted from an earlier server");
+        self.announce(&entry);
+        Ok(())
     }
 }
 
