@@ -16,6 +16,9 @@ use crate::commands::Ctx;
 /// visible to every user in `ps`.
 const API_KEY_ENV: &str = "OPEN_SANDBOX_API_KEY";
 
+/// Sandboxes at once on an instance whose `max_samples` is unset.
+const DEFAULT_MAX_SANDBOXES: u32 = 64;
+
 /// `serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -49,6 +52,19 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<i32, Error> {
             s.sim().url()
         );
         sim = Some(s);
+    }
+    // The peer's default of one sample at a time suits one eval, not a server many users
+    // share; the pool still bounds each instance by its node's memory and CPUs.
+    for i in settings
+        .instances
+        .iter_mut()
+        .filter(|i| i.max_samples.is_none())
+    {
+        i.max_samples = Some(DEFAULT_MAX_SANDBOXES);
+        eprintln!(
+            "instance {}: up to {DEFAULT_MAX_SANDBOXES} sandboxes at once (max_samples unset), as its node's memory and CPUs allow",
+            i.instance_id
+        );
     }
     let api_keys: Vec<Secret> = std::env::var(API_KEY_ENV)
         .ok()

@@ -234,8 +234,8 @@ async fn kill_9_during_a_create_then_restart_adopts_the_finished_and_removes_the
         return;
     }
     let (sim, settings) = world().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = server_env(&sim, &settings, dir.path());
+    // The `PROXMOX_*` form, without max_samples: serve allows many sandboxes anyway.
+    let env = child_env(&sim, &settings);
     // The template exists before the server starts, as on a cluster in use.
     Run::task_init(settings.clone(), one_vm(), TaskOptions::default())
         .await
@@ -363,42 +363,6 @@ async fn kill_9_during_a_create_then_restart_adopts_the_finished_and_removes_the
     feed.until(&kept, "Terminated").await;
     let left = sim.leftovers();
     assert!(left.is_empty(), "{left:?}");
-}
-
-/// What the server child needs: the simulator as an instances file (the `PROXMOX_*` form
-/// allows one sample at a time, the peer's default) and the image settings of the world.
-fn server_env(
-    sim: &pvesandbox::embedded::DemoSim,
-    settings: &pvesandbox::Settings,
-    dir: &std::path::Path,
-) -> Vec<(String, String)> {
-    let env = child_env(sim, settings);
-    let get = |k: &str| {
-        env.iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let instance = json!({
-        "instance_id": "sim",
-        "pool_id": "default",
-        "host": get("PROXMOX_HOST"),
-        "port": get("PROXMOX_PORT").parse::<u16>().unwrap(),
-        "node": get("PROXMOX_NODE"),
-        "token_id": get("PROXMOX_TOKEN_ID"),
-        "token_secret": get("PROXMOX_TOKEN_SECRET"),
-        "fingerprint": get("PROXMOX_FINGERPRINT"),
-        "image_storage": get("PROXMOX_IMAGE_STORAGE"),
-        "max_samples": 4,
-    });
-    let file = dir.join("instances.json");
-    std::fs::write(&file, json!({ "instances": [instance] }).to_string()).unwrap();
-    let mut env: Vec<_> = env
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("PROXMOX_"))
-        .collect();
-    env.push(("PROXMOX_CONFIG_FILE".into(), file.display().to_string()));
-    env
 }
 
 /// The simulator's VMs of sandbox `id` (named `<vm>.<id>`).
