@@ -32,6 +32,12 @@ pub struct ServeArgs {
     /// listen address).
     #[arg(long)]
     pub public_address: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's PEM private key.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// With the embedded simulator: scale of its realistic task durations.
     #[arg(long, default_value_t = 0.05)]
     pub time_factor: f64,
@@ -72,6 +78,17 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<i32, Error> {
         .map(Secret::new)
         .into_iter()
         .collect();
+    let scheme = if a.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if scheme == "http" && !a.listen.ip().is_loopback() {
+        eprintln!(
+            "warning: plain HTTP on {}: API keys and endpoint tokens cross the network in clear; give --tls-cert and --tls-key",
+            a.listen
+        );
+    }
     let fleet = Fleet::start(settings).await?;
     let server = Server::start(
         fleet,
@@ -80,16 +97,20 @@ pub async fn run(ctx: &Ctx, a: ServeArgs) -> Result<i32, Error> {
             api_keys,
             unauthenticated: a.unauthenticated,
             public_address: a.public_address,
+            tls: a
+                .tls_cert
+                .zip(a.tls_key)
+                .map(|(cert, key)| pvesandbox_server::tls::TlsFiles { cert, key }),
             ..Default::default()
         },
     )
     .await?;
     println!(
-        "pvesandbox serve: OpenSandbox API on http://{}/v1",
+        "pvesandbox serve: OpenSandbox API on {scheme}://{}/v1",
         server.local_addr()
     );
     println!(
-        "export OPEN_SANDBOX_DOMAIN={} OPEN_SANDBOX_PROTOCOL=http",
+        "export OPEN_SANDBOX_DOMAIN={} OPEN_SANDBOX_PROTOCOL={scheme}",
         server.local_addr()
     );
     if a.unauthenticated {

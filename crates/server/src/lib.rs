@@ -33,6 +33,7 @@ pub mod files;
 pub mod metrics;
 pub mod routes;
 pub mod sandboxes;
+pub mod tls;
 pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -58,6 +59,8 @@ pub struct ServeOptions {
     pub pool_id: Option<String>,
     /// How often the reaper looks for expired sandboxes.
     pub reap_every: Duration,
+    /// Serve HTTPS with this certificate (default: plain HTTP).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Default for ServeOptions {
@@ -69,6 +72,7 @@ impl Default for ServeOptions {
             public_address: None,
             pool_id: None,
             reap_every: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -120,6 +124,8 @@ impl Server {
                     fix: "no Proxmox instance configured".into(),
                 })?,
         };
+        // Before binding or adopting anything: a bad certificate is a config error at once.
+        let acceptor = opts.tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .map_err(|source| Error::Io {
@@ -186,13 +192,28 @@ impl Server {
             }
         });
         let router = routes::router(app).layer(axum::middleware::from_fn(request_id));
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        let task = match acceptor {
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }),
+            Some(acceptor) => {
+                let listener =
+                    tls::TlsListener::new(listener, acceptor).map_err(|source| Error::Io {
+                        what: format!("listening on {addr}"),
+                        source,
+                    })?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
                 })
-                .await
-        });
+            }
+        };
         Ok(Server {
             addr,
             stop,
