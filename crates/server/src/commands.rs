@@ -79,16 +79,15 @@ pub enum Output {
 
 /// Starts `spec` in the guest behind `agent`.
 pub async fn start(agent: &GuestAgent, spec: Spec) -> Result<Started, pvesandbox::Error> {
-    let id = format!("{:016x}", rand::random::<u64>());
-    // Kept in the guest to the millisecond, so a restarted server reports the same time.
-    let started_at = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms(SystemTime::now()));
-    let dir = format!("{DIR}/{id}");
+    let id = fresh_id();
+    let started_at = now_ms();
+    let dir = dir_of(&id);
     let mut argv = vec![
         "sh".to_owned(),
         "-c".to_owned(),
         SPAWN.to_owned(),
         "spawn".to_owned(),
-        dir.clone(),
+        dir,
         if spec.combined { "1" } else { "0" }.to_owned(),
         unix_ms(started_at).to_string(),
     ];
@@ -112,20 +111,42 @@ pub async fn start(agent: &GuestAgent, spec: Spec) -> Result<Started, pvesandbox
             ),
         });
     }
-    Ok(Started {
-        id,
-        dir,
-        agent: agent.clone(),
-        started_at,
-    })
+    Ok(Started::at(agent, id, started_at))
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
+/// A fresh command id: 16 hex digits (it becomes a guest path, so nothing else is ever
+/// looked up).
+pub(crate) fn fresh_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The guest directory of command `id`.
+pub(crate) fn dir_of(id: &str) -> String {
+    format!("{DIR}/{id}")
+}
+
+/// Now, to the millisecond: what the guest keeps, so a restarted server reports the same.
+pub(crate) fn now_ms() -> SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(unix_ms(SystemTime::now()))
+}
+
+/// Unix milliseconds.
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Started {
+    /// Command `id` in the guest behind `agent`, whose directory its starter made.
+    pub(crate) fn at(agent: &GuestAgent, id: String, started_at: SystemTime) -> Started {
+        Started {
+            dir: dir_of(&id),
+            id,
+            agent: agent.clone(),
+            started_at,
+        }
+    }
+
     /// The command `id` a server (this one before a restart, or another) started in the guest
     /// behind `agent`, from its directory there; `None` when there is none. Only ids of the
     /// form [`start`] draws are looked up: the id becomes a guest path.
@@ -137,7 +158,7 @@ impl Started {
         {
             return Ok(None);
         }
-        let dir = format!("{DIR}/{id}");
+        let dir = dir_of(id);
         // The guest wrote it: read a few bytes, and take anything else as "unknown" (now).
         let started = match agent.read_at(&format!("{dir}/started"), 0, 32).await {
             Ok(b) => String::from_utf8_lossy(&b)

@@ -33,6 +33,7 @@ pub mod files;
 pub mod metrics;
 pub mod routes;
 pub mod sandboxes;
+pub mod sessions;
 pub mod tls;
 pub mod wire;
 

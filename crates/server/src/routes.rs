@@ -22,6 +22,7 @@ use crate::commands;
 use crate::error::ApiError;
 use crate::files;
 use crate::sandboxes::{Entry, Sandboxes, sandbox_vm};
+use crate::sessions;
 use crate::wire;
 
 /// What every handler shares.
@@ -142,6 +143,9 @@ routes! {
     Execd delete "/command" => command_interrupt;
     Execd get "/command/status/{id}" => command_status;
     Execd get "/command/{id}/logs" => command_logs;
+    Execd post "/session" => session_create;
+    Execd post "/session/{sessionId}/run" => session_run;
+    Execd delete "/session/{sessionId}" => session_delete;
     Execd post "/files/upload" => upload, limit UPLOAD_LIMIT;
     Execd get "/files/download" => download;
     Execd get "/files/info" => files::info;
@@ -503,45 +507,142 @@ async fn command(
         done.execution_time = Some(0);
         let _ = tx.try_send(done);
     } else {
-        let deadline = req
-            .timeout
-            .map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
-        tokio::spawn(async move {
-            let t = Instant::now();
-            let metrics = &app.sandboxes.metrics;
-            let (otx, mut orx) = tokio::sync::mpsc::channel(commands::QUEUE);
-            let follow = started.follow(deadline, otx);
-            let relay = async {
-                while let Some(o) = orx.recv().await {
-                    let ev = match o {
-                        commands::Output::Stdout(line) => text_event("stdout", line),
-                        commands::Output::Stderr(line) => text_event("stderr", line),
-                        commands::Output::Exit(end) => {
-                            let outcome = match end {
-                                Some(0) => "ok",
-                                Some(_) => "failed",
-                                None => "timeout",
-                            };
-                            metrics.command(t.elapsed(), outcome);
-                            exit_event(end, t)
-                        }
+        tokio::spawn(relay(app, started, req.timeout, tx));
+    }
+    Ok(stream_of(rx))
+}
+
+/// The SSE response of a command's events.
+fn stream_of(
+    rx: tokio::sync::mpsc::Receiver<wire::StreamEvent>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    Sse::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|ev| (Ok(sse(&ev)), rx))
+    }))
+}
+
+/// Follows a foreground command (or session run) to its end, `timeout_ms` at most, passing
+/// its lines and its end to `tx` as execd's events, then removes its files.
+async fn relay(
+    app: Arc<App>,
+    started: Arc<commands::Started>,
+    timeout_ms: Option<u64>,
+    tx: tokio::sync::mpsc::Sender<wire::StreamEvent>,
+) {
+    let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms.max(1)));
+    let t = Instant::now();
+    let metrics = &app.sandboxes.metrics;
+    let (otx, mut orx) = tokio::sync::mpsc::channel(commands::QUEUE);
+    let follow = started.follow(deadline, otx);
+    let pass = async {
+        while let Some(o) = orx.recv().await {
+            let ev = match o {
+                commands::Output::Stdout(line) => text_event("stdout", line),
+                commands::Output::Stderr(line) => text_event("stderr", line),
+                commands::Output::Exit(end) => {
+                    let outcome = match end {
+                        Some(0) => "ok",
+                        Some(_) => "failed",
+                        None => "timeout",
                     };
-                    if tx.send(ev).await.is_err() {
-                        break;
-                    }
+                    metrics.command(t.elapsed(), outcome);
+                    exit_event(end, t)
                 }
             };
-            let (followed, ()) = tokio::join!(follow, relay);
-            if let Err(e) = followed {
-                let _ = tx.send(error_event(e.to_string(), e.to_string())).await;
+            if tx.send(ev).await.is_err() {
+                break;
             }
-            started.forget().await;
-        });
+        }
+    };
+    let (followed, ()) = tokio::join!(follow, pass);
+    if let Err(e) = followed {
+        let _ = tx.send(error_event(e.to_string(), e.to_string())).await;
     }
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|ev| (Ok(sse(&ev)), rx))
-    });
-    Ok(Sse::new(stream))
+    started.forget().await;
+}
+
+/// `POST session`: a bash session whose state (working directory, variables, functions)
+/// carries over between its runs.
+async fn session_create(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    // The SDK omits the body without a cwd.
+    let req: wire::CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        json_body(&body)?
+    };
+    let sample = entry
+        .sample()
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let env: Vec<(String, String)> = entry
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let sid = sessions::create(sandbox_vm(&sample)?.agent(), req.cwd.as_deref(), &env).await?;
+    Ok(Json(serde_json::json!({ "session_id": sid })))
+}
+
+/// `POST session/{sid}/run`: one command in the session's shell, as `POST command` streams
+/// a foreground one.
+async fn session_run(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path((id, sid)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    let req: wire::RunInSession = json_body(&body)?;
+    let sample = entry
+        .sample()
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let agent = sandbox_vm(&sample)?.agent();
+    let started = match sessions::run(agent, &sid, &req.command, req.cwd.as_deref()).await {
+        Ok(s) => Arc::new(s),
+        Err(sessions::Failure::Missing(m)) => return Err(no_session(&sid, m)),
+        Err(sessions::Failure::Guest(e)) => return Err(e.into()),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<wire::StreamEvent>(commands::QUEUE);
+    let mut init = event("init");
+    init.text = Some(started.id.clone());
+    let _ = tx.try_send(init);
+    tokio::spawn(relay(app, started, req.timeout, tx));
+    Ok(stream_of(rx))
+}
+
+/// `DELETE session/{sid}`: ends the session's shell and what it started.
+async fn session_delete(
+    State(app): Shared,
+    headers: HeaderMap,
+    Path((id, sid)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let entry = app.endpoint_of(&id, &headers)?;
+    let sample = entry
+        .sample()
+        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    if sessions::delete(sandbox_vm(&sample)?.agent(), &sid).await? {
+        Ok(StatusCode::OK)
+    } else {
+        Err(no_session(&sid, sessions::Missing::NoSession))
+    }
+}
+
+fn no_session(sid: &str, why: sessions::Missing) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: "NOT_FOUND",
+        message: match why {
+            sessions::Missing::NoSession => format!("no session {sid:?} in this sandbox"),
+            sessions::Missing::Ended => format!(
+                "session {sid:?} ended (a run called exit, or a timeout killed it): create another"
+            ),
+        },
+    }
 }
 
 /// How a command ended, as execd says it: `execution_complete`, or `error` with the exit code

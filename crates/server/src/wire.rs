@@ -187,6 +187,27 @@ pub struct RunCommand {
     pub envs: BTreeMap<String, String>,
 }
 
+/// `POST session`'s body (optional).
+#[derive(Debug, Default, Deserialize)]
+pub struct CreateSession {
+    /// The session's working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// `POST session/{id}/run`'s body.
+#[derive(Debug, Deserialize)]
+pub struct RunInSession {
+    /// A shell command line, run by the session's shell itself.
+    pub command: String,
+    /// Working directory for this run (and, as a `cd` in the session, the next ones).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Milliseconds; a run killed by it ends its session.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
 /// One frame of the command stream (`data: {json}`): `type` and an integer `timestamp` are
 /// what the SDK needs on every event, or it drops the event.
 #[derive(Debug, Serialize)]

@@ -52,6 +52,12 @@ const UNDECLARED: &[(&str, &str, u16, &str)] = &[
         "a missing path: 404 as files/info and files/download declare for one, naming it",
     ),
     (
+        "POST",
+        "/session/{sessionId}/run",
+        404,
+        "an unknown or ended session: DELETE /session/{sessionId} declares 404 for it",
+    ),
+    (
         "DELETE",
         "/files",
         400,
@@ -631,6 +637,64 @@ async fn every_route_answers_as_the_specs_say() {
         s.send(M::GET, &format!("{execd}{p}"), req).await;
     }
     for p in [format!("/command?id={bg}"), "/command".to_owned()] {
+        let req = x(&s, M::DELETE, &p);
+        s.send(M::DELETE, &format!("{execd}{p}"), req).await;
+    }
+
+    // Sessions: state carries over between runs; bad and unknown ones are refused.
+    let mut sids = Vec::new();
+    for body in [
+        None,
+        Some(json!({"cwd": "/tmp"})),
+        Some(json!({"cwd": "/nope"})),
+    ] {
+        let mut req = x(&s, M::POST, "/session");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let (status, v) = s.send(M::POST, &format!("{execd}/session"), req).await;
+        if status == 200 {
+            sids.push(v["session_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(sids.len(), 2, "two of three sessions are made");
+    let sid = &sids[0];
+    let run = |s: &Session, sid: &str, body: Value| {
+        x(s, M::POST, &format!("/session/{sid}/run")).json(&body)
+    };
+    let mut outs = Vec::new();
+    for (sid, body) in [
+        (
+            sid.as_str(),
+            json!({"command": "cd /tmp && X=kept && f() { echo \"f $1\"; }"}),
+        ),
+        (
+            sid.as_str(),
+            json!({"command": "echo \"$X $(pwd)\"; f ok", "timeout": 60000}),
+        ),
+        (sid.as_str(), json!({"command": "pwd", "cwd": "/"})),
+        (sid.as_str(), json!({})),
+        ("0123456789abcdef", json!({"command": "true"})),
+    ] {
+        let req = run(&s, sid, body);
+        let (_, evs) = s
+            .send(M::POST, &format!("{execd}/session/{sid}/run"), req)
+            .await;
+        let lines: Vec<String> = evs
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str::<Value>(d.trim()).unwrap())
+            .filter(|ev| ev["type"] == "stdout")
+            .map(|ev| ev["text"].as_str().unwrap().to_owned())
+            .collect();
+        outs.push(lines);
+    }
+    assert_eq!(outs[1], ["kept /tmp", "f ok"], "the session kept its state");
+    assert_eq!(outs[2], ["/"]);
+    for sid in [sid.as_str(), sid.as_str(), "nope"] {
+        let p = format!("/session/{sid}");
         let req = x(&s, M::DELETE, &p);
         s.send(M::DELETE, &format!("{execd}{p}"), req).await;
     }

@@ -131,6 +131,16 @@ def test_a_sandbox_through_the_sdk(server):
     assert sb.commands.get_command_status(ex.id).exit_code == 5
     assert sb.commands.get_background_command_logs(ex.id).content == "bg\n"
 
+    # A bash session keeps its directory, variables and functions between runs.
+    sid = sb.commands.create_session(working_directory="/tmp")
+    ex = sb.commands.run_in_session(sid, "cd /root && X=kept && f() { echo \"f $1\"; }")
+    assert ex.exit_code == 0, ex.error
+    ex = sb.commands.run_in_session(sid, 'echo "$X $(pwd) $GREETING"; f ok')
+    assert [m.text for m in ex.logs.stdout] == ["kept /root hello", "f ok"]
+    ex = sb.commands.run_in_session(sid, "exit 4")
+    assert ex.exit_code == 4
+    sb.commands.delete_session(sid)
+
     # Files both ways, binary, 5 MiB, into a directory that does not exist yet.
     blob = os.urandom(5 * 1024 * 1024)
     sb.files.write_file("/root/in/new/blob.bin", blob)
