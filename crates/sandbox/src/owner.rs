@@ -235,6 +235,11 @@ impl OwnerRecord {
     pub fn owner_alive(&self) -> bool {
         self.host == host_name() && process_start(self.pid) == Some(self.started)
     }
+    /// Whether the owning process is provably gone: it ran on this host and is not running
+    /// now. An owner on another host may be alive; only this says it is not.
+    pub fn owner_gone_here(&self) -> bool {
+        self.host == host_name() && process_start(self.pid) != Some(self.started)
+    }
 }
 
 /// The PVE name of a sandbox VM: `<name>.s<sample>.<run>` — a valid DNS name that `exec`,
@@ -363,7 +368,12 @@ mod tests {
         assert!(!r.description().contains("notes"), "no empty notes written");
         let mut stranger = noted.clone();
         stranger.pid = u32::MAX;
-        assert!(!stranger.owner_alive());
+        assert!(!stranger.owner_alive() && stranger.owner_gone_here());
+        let elsewhere = OwnerRecord {
+            host: format!("not-{}", host_name()),
+            ..stranger.clone()
+        };
+        assert!(!elsewhere.owner_alive() && !elsewhere.owner_gone_here());
         let taken = stranger.taken_over();
         assert!(taken.owner_alive(), "taken over by this process");
         assert_eq!((taken.notes, taken.expires), (noted.notes, noted.expires));

@@ -832,8 +832,10 @@ impl Sandboxes {
     /// VMs say this server made it (their notes) and whose owner process is gone. A sandbox
     /// provisioned to the end is adopted (same id, image, metadata, expiry and env, its
     /// processes untouched, running or paused); one that was still being made when its server
-    /// died is removed with everything of its run, so a crash mid-create leaves nothing. A
-    /// sandbox whose owner is provably alive (another server on this host) is left alone.
+    /// died on this host is removed with everything of its run, so a crash mid-create leaves
+    /// nothing. A sandbox whose owner is provably alive (another server on this host) is left
+    /// alone, and so is a half-made one whose server ran on another host (it may be making it
+    /// still; its expiry is the backstop).
     pub async fn recover(self: &Arc<Self>) -> Result<Recovered, pvesandbox::Error> {
         let found = self.fleet.survey(&self.pool_id).await?;
         let mut out = Recovered::default();
@@ -848,8 +850,17 @@ impl Sandboxes {
                     return (s.id, id, Outcome::Left);
                 }
                 if !record.notes.contains_key(note::READY) {
-                    tracing::info!(sandbox = %id, "half-made by a server that died: removing");
-                    return (s.id, id, Outcome::Remove);
+                    // Half-made: by a server that died here, or one still making it on
+                    // another host (a replica), which must not lose it under its feet.
+                    if record.owner_gone_here() {
+                        tracing::info!(sandbox = %id, "half-made by a server that died: removing");
+                        return (s.id, id, Outcome::Remove);
+                    }
+                    tracing::info!(
+                        sandbox = %id, host = %record.host,
+                        "half-made by a server on another host: left to it (or to its expiry)"
+                    );
+                    return (s.id, id, Outcome::Left);
                 }
                 // A failure here may be passing (Proxmox busy): the sandbox is left for its
                 // expiry (or `cleanup --run`), never removed on a guess.
