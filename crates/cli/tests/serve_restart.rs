@@ -354,6 +354,35 @@ async fn kill_9_during_a_create_then_restart_adopts_the_finished_and_removes_the
     }
     assert_eq!(vms_of(&sim, &kept).len(), 1);
 
+    // Paused when its server dies: adopted paused, and resumed with the same processes.
+    let mut feed = server.feed().await;
+    let (status, body) = server
+        .json(M::POST, &format!("/v1/sandboxes/{kept}/pause"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    feed.until(&kept, "Paused").await;
+    server.child.start_kill().unwrap();
+    server.child.wait().await.unwrap();
+    server = Serve::start(&env).await;
+    let (_, again) = server
+        .json(M::GET, &format!("/v1/sandboxes/{kept}"), None)
+        .await;
+    assert_eq!(again["status"]["state"], "Paused", "{again}");
+    let mut feed = server.feed().await;
+    let (status, body) = server
+        .json(M::POST, &format!("/v1/sandboxes/{kept}/resume"), None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    feed.until(&kept, "Running").await;
+    let here = server.execd(&kept).await;
+    let out = server
+        .sh(&here, &format!("tr '\\0' ' ' < /proc/{pid}/cmdline"))
+        .await;
+    assert_eq!(
+        out, "sleep 1000 \n",
+        "the same process after pause, restart, resume"
+    );
+
     // The last server removes what it holds, and then nothing is left.
     let mut feed = server.feed().await;
     let (status, _) = server

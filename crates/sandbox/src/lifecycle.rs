@@ -717,6 +717,15 @@ impl Run {
                 paused += 1;
             }
         }
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !found.vms.iter().any(|v| &v.name == *n))
+        {
+            return Err(Error::NotOurs {
+                vm: format!("{}/{id}", found.instance),
+                why: format!("not adoptable: its VM {missing} is gone"),
+            });
+        }
         if paused != 0 && paused != found.vms.len() {
             return Err(Error::NotOurs {
                 vm: format!("{}/{id}", found.instance),
