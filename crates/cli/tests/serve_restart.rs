@@ -268,9 +268,16 @@ async fn kill_9_during_a_create_then_restart_adopts_the_finished_and_removes_the
         .background(&execd, "echo \"began $GREETING\"; exec sleep 1000")
         .await;
     let (cmd_status, _) = server.command(&execd, &cmd).await;
-    let (_, info) = server
-        .json(M::GET, &format!("/v1/sandboxes/{kept}"), None)
+    // Metadata patched after the create is kept too.
+    let (status, info) = server
+        .json(
+            M::PATCH,
+            &format!("/v1/sandboxes/{kept}/metadata"),
+            Some(json!({"stage": "patched"})),
+        )
         .await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["metadata"], json!({"team": "a", "stage": "patched"}));
 
     // Kill points across a whole create, from its first request to its last.
     let mut points: Vec<u64> = (1..whole_create).step_by(KILL_STEP).collect();

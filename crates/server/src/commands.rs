@@ -21,6 +21,11 @@ const DIR: &str = "/run/pvesandbox-cmd";
 /// client, against two or three agent calls per round.
 pub const TAIL_EVERY: Duration = Duration::from_millis(100);
 
+/// The first pause of a quiet command, doubled each quiet round up to [`TAIL_EVERY`]: a short
+/// command (most of what an agent runs) ends in a few ms, and is reported then rather than a
+/// whole period later, at 5 extra rounds for a long one.
+const TAIL_FIRST: Duration = Duration::from_millis(5);
+
 /// The most one read of a stream takes (a chatty command is drained in rounds of this).
 const READ_MAX: u64 = 256 * 1024;
 
@@ -239,6 +244,7 @@ impl Started {
             (self.file("err"), 0u64, Vec::new(), false),
         ];
         let mut ended: Option<Option<i32>> = None;
+        let mut pause = TAIL_FIRST;
         loop {
             let mut got = false;
             for (path, offset, partial, is_out) in &mut streams {
@@ -296,7 +302,8 @@ impl Started {
             if out.is_closed() {
                 return Ok(());
             }
-            tokio::time::sleep(TAIL_EVERY).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(TAIL_EVERY);
         }
     }
 }

@@ -93,8 +93,8 @@ pub struct Entry {
     pub image: String,
     /// As given.
     pub entrypoint: Vec<String>,
-    /// As given.
-    pub metadata: BTreeMap<String, String>,
+    /// As given, then as patched.
+    metadata: Mutex<BTreeMap<String, String>>,
     /// The environment every command gets.
     pub env: BTreeMap<String, String>,
     expires_at: Mutex<Option<SystemTime>>,
@@ -158,6 +158,11 @@ impl Entry {
         }
     }
 
+    /// Its metadata now.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        lock(&self.metadata).clone()
+    }
+
     /// When the reaper removes it.
     pub fn expires_at(&self) -> Option<SystemTime> {
         *lock(&self.expires_at)
@@ -182,7 +187,7 @@ impl Entry {
                 message,
                 last_transition_at: Some(rfc3339(*lock(&self.changed_at))),
             },
-            metadata: self.metadata.clone(),
+            metadata: self.metadata(),
             entrypoint: self.entrypoint.clone(),
             expires_at: self.expires_at().map(rfc3339),
             created_at: rfc3339(self.created_at),
@@ -448,7 +453,7 @@ impl Sandboxes {
             created_at: now,
             image: image.uri,
             entrypoint: req.entrypoint,
-            metadata: req.metadata,
+            metadata: Mutex::new(req.metadata),
             env: req.env,
             expires_at: Mutex::new(timeout.map(|t| now + t)),
             phase: Mutex::new(Phase::Pending),
@@ -662,6 +667,53 @@ impl Sandboxes {
         Ok(())
     }
 
+    /// Applies a JSON Merge Patch (RFC 7396) to the metadata: a string sets a key, `null`
+    /// removes it. Keys and values follow Kubernetes' label rules, as the spec says; the
+    /// result is kept in Proxmox (the owner records' notes) before it is answered.
+    pub async fn patch_metadata(
+        &self,
+        id: &str,
+        patch: BTreeMap<String, Option<String>>,
+    ) -> Result<Arc<Entry>, ApiError> {
+        let entry = self.get(id)?;
+        for (k, v) in &patch {
+            label_key(k)?;
+            if let Some(v) = v {
+                label_value(k, v)?;
+            }
+        }
+        let sample = entry.sample().ok_or_else(|| {
+            ApiError::conflict(format!(
+                "sandbox {id} is {}; patch its metadata once it runs",
+                entry.state()
+            ))
+        })?;
+        let mut next = entry.metadata();
+        for (k, v) in patch {
+            match v {
+                Some(v) => next.insert(k, v),
+                None => next.remove(&k),
+            };
+        }
+        let json = serde_json::to_string(&next).unwrap_or_default();
+        if json.len() > MAX_METADATA_BYTES {
+            return Err(ApiError::invalid(
+                "metadata",
+                format!(
+                    "{} bytes as JSON after the patch: at most {MAX_METADATA_BYTES}",
+                    json.len()
+                ),
+            ));
+        }
+        sample
+            .annotate(&BTreeMap::from([(note::METADATA.to_owned(), json)]))
+            .await?;
+        *lock(&entry.metadata) = next;
+        *lock(&entry.changed_at) = SystemTime::now();
+        self.announce(&entry);
+        Ok(entry)
+    }
+
     /// Removes every sandbox whose expiry passed; called by the reaper.
     pub async fn reap(self: &Arc<Self>) {
         let now = SystemTime::now();
@@ -747,6 +799,61 @@ impl Sandboxes {
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most
+/// 63 characters (`[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`); `opensandbox.io/` is reserved.
+fn label_key(k: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| ApiError::invalid("metadata", format!("key {k:?}: {why}"));
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix {
+        if p == "opensandbox.io" || p.ends_with(".opensandbox.io") {
+            return Err(bad("the opensandbox.io/ prefix is reserved"));
+        }
+        let dns_label = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if p.is_empty() || p.len() > 253 || !p.split('.').all(dns_label) {
+            return Err(bad("its prefix must be a DNS subdomain (example.com/)"));
+        }
+    }
+    if !is_label_text(name) || name.is_empty() {
+        return Err(bad(
+            "a name of 1 to 63 characters: letters, digits, -, _ and ., starting and ending with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+/// A Kubernetes label value: empty, or what [`label_key`] allows as a name.
+fn label_value(k: &str, v: &str) -> Result<(), ApiError> {
+    if v.is_empty() || is_label_text(v) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "metadata",
+            format!(
+                "value of {k:?}: at most 63 characters, letters, digits, -, _ and ., starting and ending with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn is_label_text(s: &str) -> bool {
+    let ends = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    s.len() <= 63
+        && ends(s.as_bytes().first())
+        && ends(s.as_bytes().last())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`.
@@ -954,7 +1061,7 @@ impl Sandboxes {
             created_at: std::time::UNIX_EPOCH + Duration::from_millis(created),
             image,
             entrypoint,
-            metadata,
+            metadata: Mutex::new(metadata),
             env,
             expires_at: Mutex::new(expires_at),
             phase: Mutex::new(Phase::Ready { run, sample }),

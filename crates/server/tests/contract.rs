@@ -783,6 +783,25 @@ async fn every_route_answers_as_the_specs_say() {
         s.send(M::DELETE, &format!("{execd}{p}"), req).await;
     }
 
+    // The VM's metrics, once and as a stream (its first event).
+    let req = x(&s, M::GET, "/metrics");
+    let (_, m) = s.send(M::GET, &format!("{execd}/metrics"), req).await;
+    assert!(m["mem_total_mib"].as_f64().unwrap() > 0.0, "{m}");
+    let watch = format!("{execd}/metrics/watch");
+    let route = route_of("GET", &watch).unwrap();
+    // The stream never ends: its first event is judged.
+    let mut res = x(&s, M::GET, "/metrics/watch").send().await.unwrap();
+    let (status, headers) = (res.status().as_u16(), res.headers().clone());
+    let first = res.chunk().await.unwrap().unwrap().to_vec();
+    drop(res);
+    let seen = Seen {
+        route,
+        status,
+        headers,
+        body: first,
+    };
+    s.judge(&seen, &format!("GET {watch}"));
+
     // Egress.
     let egress = format!("{sb}/proxy/18080");
     let req = s
@@ -796,6 +815,31 @@ async fn every_route_answers_as_the_specs_say() {
     assert!(feed.chunk().await.unwrap().is_some());
     drop(feed);
     s.call(M::GET, "/metrics", None).await;
+
+    // Metadata: a merge patch, then bad keys and values, and an unknown sandbox.
+    let (status, patched) = s
+        .call(
+            M::PATCH,
+            &format!("{sb}/metadata"),
+            Some(json!({"stage": "two", "absent": null})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["metadata"]["stage"], "two", "{patched}");
+    for bad in [
+        json!({"opensandbox.io/owner": "x"}),
+        json!({"ok": "not ok!"}),
+        json!({"-bad": "x"}),
+    ] {
+        let (status, body) = s.call(M::PATCH, &format!("{sb}/metadata"), Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+    }
+    s.call(
+        M::PATCH,
+        "/v1/sandboxes/nope/metadata",
+        Some(json!({"a": "b"})),
+    )
+    .await;
 
     // Power, expiry, and the end.
     s.call(M::POST, &format!("{sb}/resume"), None).await;

@@ -141,6 +141,10 @@ def test_a_sandbox_through_the_sdk(server):
     assert ex.exit_code == 4
     sb.commands.delete_session(sid)
 
+    # The VM's own CPU and memory, as Proxmox reports them.
+    m = sb.get_metrics()
+    assert m.cpu_count >= 1 and m.memory_total_in_mib >= 512, m
+
     # Files both ways, binary, 5 MiB, into a directory that does not exist yet.
     blob = os.urandom(5 * 1024 * 1024)
     sb.files.write_file("/root/in/new/blob.bin", blob)
