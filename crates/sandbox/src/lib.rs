@@ -59,7 +59,7 @@ pub use fleet::{Attached, AttachedVm, Fleet, Surveyed, attach, locate};
 pub use lifecycle::{
     Run, Sample, SampleInfo, SampleTimings, SandboxVm, TaskOptions, TemplateProgressFn,
 };
-pub use owner::{OwnerRecord, RunId, SampleId};
+pub use owner::{DESCRIPTION_MAX, OwnerRecord, RunId, SampleId};
 pub use vm::OwnedVm;
 
 /// Removes, on every configured instance, our templates and imported images that none of

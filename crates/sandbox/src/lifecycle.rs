@@ -188,6 +188,13 @@ impl Run {
             Some(run) => run,
             None => fleet.fresh_run_id(&eval.instance_pool_id).await?,
         };
+        // The record of the longest name, with the notes, must fit PVE's description before
+        // anything is cloned (PVE would refuse the clone's configuration with a 400).
+        for name in eval.sandbox_names() {
+            let mut probe = OwnerRecord::here(&run, u32::MAX, &name, settings.run.ttl());
+            probe.notes = opts.notes.clone();
+            notes_fit(&probe)?;
+        }
         let jobs = members.iter().map(|m| {
             let eval = &eval;
             let progress = opts.progress.clone();
@@ -835,6 +842,18 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The error for a record whose notes make the VM description longer than PVE takes.
+fn notes_fit(record: &OwnerRecord) -> Result<(), Error> {
+    record.fits().map_err(|n| Error::Config {
+        field: "notes".into(),
+        value: format!("{n} characters of VM description"),
+        fix: format!(
+            "PVE holds {} characters of description and the owner record needs some: keep the notes shorter",
+            crate::owner::DESCRIPTION_MAX
+        ),
+    })
+}
+
 /// A `Failed` event for `e` at `step`.
 fn failure(step: Step, e: &Error) -> EventKind {
     EventKind::Failed {
@@ -1012,6 +1031,7 @@ impl Core {
                 });
             };
             let record = change(record);
+            notes_fit(&record)?;
             let mut tags: Vec<String> = cfg
                 .tag_list()
                 .into_iter()

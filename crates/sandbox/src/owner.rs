@@ -26,6 +26,9 @@ pub const RUN_PREFIX: &str = "run-";
 pub const EXPIRY_PREFIX: &str = "exp-";
 /// The first line of an owner record in a VM description.
 const RECORD_MARK: &str = "pvesandbox-owner:";
+/// The longest VM description PVE takes (the schema's `maxLength` for `description`),
+/// characters.
+pub const DESCRIPTION_MAX: usize = 8192;
 
 /// A run: one `task_init` (an eval, or one `pvesandbox up`).
 ///
@@ -222,6 +225,14 @@ impl OwnerRecord {
             serde_json::to_string(self).unwrap_or_default()
         )
     }
+    /// `Err(length)` when [`description`](Self::description) is longer than PVE takes
+    /// ([`DESCRIPTION_MAX`]): its notes are too long.
+    pub fn fits(&self) -> Result<(), usize> {
+        match self.description().chars().count() {
+            n if n > DESCRIPTION_MAX => Err(n),
+            _ => Ok(()),
+        }
+    }
     /// Reads a record back from a description, if it holds one.
     pub fn parse(description: &str) -> Option<OwnerRecord> {
         let at = description.find(RECORD_MARK)?;
@@ -374,6 +385,11 @@ mod tests {
             ..stranger.clone()
         };
         assert!(!elsewhere.owner_alive() && !elsewhere.owner_gone_here());
+        assert_eq!(noted.fits(), Ok(()));
+        let mut long = noted.clone();
+        long.notes
+            .insert("metadata".into(), "\"".repeat(DESCRIPTION_MAX / 2));
+        assert!(long.fits().is_err(), "quotes escaped twice count");
         let taken = stranger.taken_over();
         assert!(taken.owner_alive(), "taken over by this process");
         assert_eq!((taken.notes, taken.expires), (noted.notes, noted.expires));

@@ -447,6 +447,7 @@ impl Sandboxes {
         if timeout.is_none() {
             notes.insert(note::NO_TIMEOUT.to_owned(), "1".to_owned());
         }
+        notes_fit(&run_id, &notes)?;
         let entry = Arc::new(Entry {
             id: id.clone(),
             sample_id,
@@ -707,7 +708,19 @@ impl Sandboxes {
         }
         sample
             .annotate(&BTreeMap::from([(note::METADATA.to_owned(), json)]))
-            .await?;
+            .await
+            .map_err(|e| match e {
+                pvesandbox::Error::Config { field, value, .. } if field == "notes" => {
+                    ApiError::invalid(
+                        "metadata",
+                        format!(
+                            "after the patch the VM's description would take {value}; Proxmox holds {}: shorten the metadata",
+                            pvesandbox::DESCRIPTION_MAX
+                        ),
+                    )
+                }
+                e => e.into(),
+            })?;
         *lock(&entry.metadata) = next;
         *lock(&entry.changed_at) = SystemTime::now();
         self.announce(&entry);
@@ -799,6 +812,23 @@ impl Sandboxes {
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }
+}
+
+/// Whether `notes` fit a VM description with the rest of its owner record (and the `ready`
+/// note to come): the metadata and entrypoint are in it as JSON inside JSON, escaped twice.
+fn notes_fit(run: &pvesandbox::RunId, notes: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let mut probe = pvesandbox::OwnerRecord::here(run, 0, "default", Duration::ZERO);
+    probe.notes = notes.clone();
+    probe.notes.insert(note::READY.to_owned(), "1".to_owned());
+    probe.fits().map_err(|n| {
+        ApiError::invalid(
+            "metadata",
+            format!(
+                "with the entrypoint and the rest of the owner record, {n} characters of the VM's description; Proxmox holds {}: shorten the metadata",
+                pvesandbox::DESCRIPTION_MAX
+            ),
+        )
+    })
 }
 
 /// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most

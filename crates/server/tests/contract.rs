@@ -545,6 +545,15 @@ async fn every_route_answers_as_the_specs_say() {
     assert_eq!(s.send(M::POST, "/v1/sandboxes", req).await.0, 401);
     let bad = json!({"image": {"uri": "debian13"}, "timeout": 5});
     assert_eq!(s.call(M::POST, "/v1/sandboxes", Some(bad)).await.0, 400);
+    // Under the metadata cap as JSON, but escaped again inside the owner record it would
+    // not fit the VM's description: refused before anything is made.
+    let quotes = json!({"image": {"uri": "debian13"}, "metadata": {"q": "\"".repeat(1990)}});
+    let (status, body) = s.call(M::POST, "/v1/sandboxes", Some(quotes)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("description"),
+        "{body}"
+    );
     assert_eq!(s.call(M::GET, "/v1/sandboxes/nope", None).await.0, 404);
     let (status, created) = s
         .call(
