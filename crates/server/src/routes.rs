@@ -497,9 +497,7 @@ async fn command(
             ));
         }
     };
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     let vm = sandbox_vm(&sample)?;
     let spec = commands::Spec {
         argv,
@@ -595,9 +593,7 @@ async fn session_create(
     } else {
         json_body(&body)?
     };
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     let env: Vec<(String, String)> = entry
         .env
         .iter()
@@ -617,9 +613,7 @@ async fn session_run(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let entry = app.endpoint_of(&id, &headers)?;
     let req: wire::RunInSession = json_body(&body)?;
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     let agent = sandbox_vm(&sample)?.agent();
     let started = match sessions::run(agent, &sid, &req.command, req.cwd.as_deref()).await {
         Ok(s) => Arc::new(s),
@@ -641,9 +635,7 @@ async fn session_delete(
     Path((id, sid)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let entry = app.endpoint_of(&id, &headers)?;
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     if sessions::delete(sandbox_vm(&sample)?.agent(), &sid).await? {
         Ok(StatusCode::OK)
     } else {
@@ -689,9 +681,7 @@ async fn vm_metrics(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let entry = app.endpoint_of(&id, &headers)?;
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     Ok(Json(metrics_of(sandbox_vm(&sample)?).await?))
 }
 
@@ -704,9 +694,7 @@ async fn vm_metrics_watch(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     use futures_util::StreamExt;
     let entry = app.endpoint_of(&id, &headers)?;
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     let mut stopping = app.stopping.clone();
     let tick = tokio::time::interval(METRICS_EVERY);
     let stream = futures_util::stream::unfold((tick, sample), |(mut tick, sample)| async move {
@@ -866,9 +854,7 @@ async fn upload(
     mut form: Multipart,
 ) -> Result<StatusCode, ApiError> {
     let entry = app.endpoint_of(&id, &headers)?;
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     let vm = sandbox_vm(&sample)?;
     let mut meta: Option<wire::UploadMeta> = None;
     while let Some(field) = form
@@ -931,9 +917,7 @@ async fn download(
         .map_err(|e| ApiError::invalid("query", e))?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let path = get("path").ok_or_else(|| ApiError::invalid("path", "required"))?;
-    let sample = entry
-        .sample()
-        .ok_or_else(|| ApiError::conflict(format!("sandbox {id} is {}", entry.state())))?;
+    let sample = entry.running()?;
     let vm = sandbox_vm(&sample)?;
     let octets = HeaderValue::from_static("application/octet-stream");
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());

@@ -138,6 +138,12 @@ impl Entry {
         }
     }
 
+    /// The sample, or a 409 naming the state when it is not made yet or is going.
+    pub fn running(&self) -> Result<Arc<Sample>, ApiError> {
+        self.sample()
+            .ok_or_else(|| ApiError::conflict(format!("sandbox {} is {}", self.id, self.state())))
+    }
+
     /// OpenSandbox's state name.
     pub fn state(&self) -> &'static str {
         match &*lock(&self.phase) {
