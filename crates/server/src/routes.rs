@@ -536,7 +536,9 @@ fn stream_of(
 }
 
 /// Follows a foreground command (or session run) to its end, `timeout_ms` at most, passing
-/// its lines and its end to `tx` as execd's events, then removes its files.
+/// its lines and its end to `tx` as execd's events, then removes its files. A command whose
+/// client went away before its end is killed (its process group): nothing could read its
+/// output or stop it any more.
 async fn relay(
     app: Arc<App>,
     started: Arc<commands::Started>,
@@ -548,11 +550,21 @@ async fn relay(
     let metrics = &app.sandboxes.metrics;
     let (otx, mut orx) = tokio::sync::mpsc::channel(commands::QUEUE);
     let follow = started.follow(deadline, otx);
-    let pass = async {
-        while let Some(o) = orx.recv().await {
-            let ev = match o {
-                commands::Output::Stdout(line) => text_event("stdout", line),
-                commands::Output::Stderr(line) => text_event("stderr", line),
+    let client = tx.clone();
+    // Owns the receiving end, so that `follow` sees it closed when the client left.
+    let pass = async move {
+        loop {
+            let o = tokio::select! {
+                o = orx.recv() => match o {
+                    Some(o) => o,
+                    None => return false,
+                },
+                // A quiet command prints nothing that would find the client gone.
+                () = client.closed() => return false,
+            };
+            let (ev, end) = match o {
+                commands::Output::Stdout(line) => (text_event("stdout", line), false),
+                commands::Output::Stderr(line) => (text_event("stderr", line), false),
                 commands::Output::Exit(end) => {
                     let outcome = match end {
                         Some(0) => "ok",
@@ -560,17 +572,20 @@ async fn relay(
                         None => "timeout",
                     };
                     metrics.command(t.elapsed(), outcome);
-                    exit_event(end, t)
+                    (exit_event(end, t), true)
                 }
             };
-            if tx.send(ev).await.is_err() {
-                break;
+            if client.send(ev).await.is_err() || end {
+                return end;
             }
         }
     };
-    let (followed, ()) = tokio::join!(follow, pass);
+    let (followed, ended) = tokio::join!(follow, pass);
     if let Err(e) = followed {
         let _ = tx.send(error_event(e.to_string(), e.to_string())).await;
+    }
+    if !ended {
+        let _ = started.kill("KILL").await;
     }
     // Removed before the stream ends: the next command of a client waiting for this one's
     // end would otherwise contend with the removal in the guest (measured: 57 ms against

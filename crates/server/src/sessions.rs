@@ -11,8 +11,9 @@
 //! command. The state is all in the guest, so a restarted server finds its sessions.
 //!
 //! What a container's execd does not face: a run that calls `exit` ends its session (its
-//! status is still reported), and a run killed by its timeout takes its session with it (the
-//! process group is the session's). Later runs of an ended session answer 404.
+//! status is still reported), and a run killed by its timeout, or abandoned by its client
+//! before its end, takes its session with it (the process group is the session's). Later
+//! runs of an ended session answer 404.
 
 use std::time::Duration;
 

@@ -416,6 +416,37 @@ async fn a_sandbox_through_the_opensandbox_api() {
     assert_eq!(status, 202);
     assert_eq!(run(json!({ "command": alive })).await[1]["text"], pid);
 
+    // A foreground command whose client leaves is killed, not left running unreachable.
+    let count = json!({"command": "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 1001 ' || true"});
+    let mut res = execd_call(M::POST, "/command")
+        .json(&json!({"command": "sleep 1001"}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("\"init\"") {
+        seen.push_str(&String::from_utf8_lossy(
+            &res.chunk().await.unwrap().unwrap(),
+        ));
+    }
+    assert_eq!(
+        run(count.clone()).await[1]["text"],
+        "1",
+        "it runs while its client reads"
+    );
+    drop(res);
+    let gone = std::time::Instant::now();
+    loop {
+        if run(count.clone()).await[1]["text"] == "0" {
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(30),
+            "still running after its client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Renew: later only.
     let (status, r) = api
         .call(
