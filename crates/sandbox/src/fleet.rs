@@ -119,7 +119,14 @@ impl Fleet {
     /// Starts a run of `eval` on this fleet: its templates ensured on every instance of the
     /// eval's pool (in parallel).
     pub async fn run(&self, eval: EvalConfig, opts: TaskOptions) -> Result<Run, Error> {
-        Run::start(self.clone(), eval, opts).await
+        Run::start(self.clone(), eval, opts, true).await
+    }
+
+    /// A run of `eval` that only takes over samples an earlier process made
+    /// ([`Run::adopt`]): no template is looked for or built (a restarted server must not
+    /// rebuild a template that was collected since), so its `sample_init` refuses.
+    pub async fn adopting_run(&self, eval: EvalConfig, opts: TaskOptions) -> Result<Run, Error> {
+        Run::start(self.clone(), eval, opts, false).await
     }
 
     /// A new run id whose key no live run on pool `pool_id` uses: network ids embed only the

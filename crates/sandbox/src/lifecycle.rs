@@ -160,12 +160,13 @@ impl Run {
         Fleet::start(settings).await?.run(eval, opts).await
     }
 
-    /// Validates the eval and makes sure every template exists on every instance of the
-    /// eval's pool (instances in parallel).
+    /// Validates the eval and, `with_templates`, makes sure every template exists on every
+    /// instance of the eval's pool (instances in parallel); without, the run can only adopt.
     pub(crate) async fn start(
         fleet: Fleet,
         eval: EvalConfig,
         opts: TaskOptions,
+        with_templates: bool,
     ) -> Result<Run, Error> {
         eval.validate()?;
         let settings = fleet.settings();
@@ -200,6 +201,15 @@ impl Run {
             let progress = opts.progress.clone();
             let (h, templates) = (&m.handle, &m.templates);
             async move {
+                if !with_templates {
+                    return Ok::<_, Error>((
+                        h.id().to_owned(),
+                        Instance {
+                            handle: h.clone(),
+                            per_vm: Vec::new(),
+                        },
+                    ));
+                }
                 if settings.run.egress {
                     // The host's own address, when it is a public one, is out of bounds too.
                     let host: Vec<String> = h
@@ -295,6 +305,17 @@ impl Run {
     /// `TornDown` on failure.
     pub async fn sample_init(&self) -> Result<Sample, Error> {
         let inner = &self.inner;
+        if inner
+            .instances
+            .values()
+            .any(|i| i.per_vm.len() != inner.eval.vms_config.len())
+        {
+            return Err(Error::Config {
+                field: "run".into(),
+                value: inner.run.to_string(),
+                fix: "made by Fleet::adopting_run, which only adopts: start a run with Fleet::run to create samples".into(),
+            });
+        }
         let seq = inner.next_sample.fetch_add(1, Ordering::SeqCst);
         let events = inner.fleet.events();
         let tracker = Tracker::new(SampleId {

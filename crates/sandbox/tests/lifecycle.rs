@@ -881,3 +881,23 @@ async fn detached_and_attached_samples_keep_their_capacity_counted() {
         .unwrap();
     assert!(sim.leftovers().is_empty(), "{:?}", sim.leftovers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adopting_run_builds_no_template_and_creates_nothing() {
+    if !guests_available() {
+        return;
+    }
+    let (sim, settings) = world().await;
+    let fleet = Fleet::start(settings).await.unwrap();
+    let run = fleet
+        .adopting_run(one_vm(), TaskOptions::default())
+        .await
+        .unwrap();
+    match run.sample_init().await {
+        Err(Error::Config { field, .. }) => assert_eq!(field, "run"),
+        other => panic!("an adopting run made a sample: {other:?}"),
+    }
+    // Nothing at all in Proxmox: no template looked for and built, no sample begun.
+    assert!(sim.sim().vmids().is_empty(), "{:?}", sim.sim().vmids());
+    assert!(run.adopt(0).await.is_err(), "nothing to adopt");
+}

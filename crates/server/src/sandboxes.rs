@@ -1076,7 +1076,7 @@ impl Sandboxes {
         let eval = EvalConfig::from_json(&eval.to_string())?;
         let run = self
             .fleet
-            .run(
+            .adopting_run(
                 eval,
                 TaskOptions {
                     run: Some(s.id.run.clone()),
