@@ -393,7 +393,6 @@ impl Fleet {
                 out.push(Surveyed {
                     id,
                     instance: inst.handle.id().to_owned(),
-                    vms: vms.iter().map(|v| v.vmid).collect(),
                     record,
                 });
             }
@@ -409,8 +408,6 @@ pub struct Surveyed {
     pub id: SampleId,
     /// The instance it lives on.
     pub instance: String,
-    /// Its VMs.
-    pub vms: Vec<pve_client::Vmid>,
     /// Its first VM's owner record, if it holds one for this sample (`None`: not safe to
     /// judge by its record).
     pub record: Option<crate::owner::OwnerRecord>,

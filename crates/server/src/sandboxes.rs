@@ -403,32 +403,19 @@ impl Sandboxes {
             }],
         });
         let eval = EvalConfig::from_json(&eval.to_string())?;
-        let entrypoint_json = serde_json::to_string(&req.entrypoint).unwrap_or_default();
-        if entrypoint_json.len() > MAX_ENTRYPOINT_BYTES {
-            return Err(ApiError::invalid(
-                "entrypoint",
-                format!(
-                    "{} bytes as JSON: at most {MAX_ENTRYPOINT_BYTES}; put a longer command in a script",
-                    entrypoint_json.len()
-                ),
-            ));
-        }
-        let metadata_json = serde_json::to_string(&req.metadata).unwrap_or_default();
-        if metadata_json.len() > MAX_METADATA_BYTES {
-            return Err(ApiError::invalid(
-                "metadata",
-                format!(
-                    "{} bytes as JSON: at most {MAX_METADATA_BYTES} (Proxmox keeps it in the VM's description)",
-                    metadata_json.len()
-                ),
-            ));
-        }
-        if serde_json::to_vec(&req.env).map_or(0, |v| v.len()) > MAX_ENV_BYTES {
-            return Err(ApiError::invalid(
-                "env",
-                format!("more than {MAX_ENV_BYTES} bytes as JSON; pass large values as files"),
-            ));
-        }
+        let entrypoint_json = json_within(
+            "entrypoint",
+            &req.entrypoint,
+            MAX_ENTRYPOINT_BYTES,
+            "put a longer command in a script",
+        )?;
+        let metadata_json = json_within(
+            "metadata",
+            &req.metadata,
+            MAX_METADATA_BYTES,
+            "Proxmox keeps it in the VM's description",
+        )?;
+        json_within("env", &req.env, MAX_ENV_BYTES, "pass large values as files")?;
         let run_id = self.fleet.fresh_run_id(&self.pool_id).await?;
         let sample_id = SampleId {
             run: run_id.clone(),
@@ -702,16 +689,12 @@ impl Sandboxes {
                 None => next.remove(&k),
             };
         }
-        let json = serde_json::to_string(&next).unwrap_or_default();
-        if json.len() > MAX_METADATA_BYTES {
-            return Err(ApiError::invalid(
-                "metadata",
-                format!(
-                    "{} bytes as JSON after the patch: at most {MAX_METADATA_BYTES}",
-                    json.len()
-                ),
-            ));
-        }
+        let json = json_within(
+            "metadata",
+            &next,
+            MAX_METADATA_BYTES,
+            "after the patch; Proxmox keeps it in the VM's description",
+        )?;
         sample
             .annotate(&BTreeMap::from([(note::METADATA.to_owned(), json)]))
             .await
@@ -818,6 +801,24 @@ impl Sandboxes {
     pub fn fleet(&self) -> &Fleet {
         &self.fleet
     }
+}
+
+/// `value` as JSON, refused naming `field` when longer than `max` bytes (`hint`: why, or what
+/// to do instead).
+fn json_within<T: serde::Serialize>(
+    field: &'static str,
+    value: &T,
+    max: usize,
+    hint: &str,
+) -> Result<String, ApiError> {
+    let json = serde_json::to_string(value).unwrap_or_default();
+    if json.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("{} bytes as JSON: at most {max} ({hint})", json.len()),
+        ));
+    }
+    Ok(json)
 }
 
 /// Whether `notes` fit a VM description with the rest of its owner record (and the `ready`
