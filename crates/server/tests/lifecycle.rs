@@ -417,7 +417,6 @@ async fn a_sandbox_through_the_opensandbox_api() {
     assert_eq!(run(json!({ "command": alive })).await[1]["text"], pid);
 
     // A foreground command whose client leaves is killed, not left running unreachable.
-    let count = json!({"command": "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 1001 ' || true"});
     let mut res = execd_call(M::POST, "/command")
         .json(&json!({"command": "sleep 1001"}))
         .send()
@@ -429,23 +428,21 @@ async fn a_sandbox_through_the_opensandbox_api() {
             &res.chunk().await.unwrap().unwrap(),
         ));
     }
-    assert_eq!(
-        run(count.clone()).await[1]["text"],
-        "1",
-        "it runs while its client reads"
-    );
+    let find = "for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = 'sleep 1001 ' ] && echo ${p#/proc/}; done";
+    let pid = run(json!({ "command": find })).await[1]["text"]
+        .as_str()
+        .expect("it runs while its client reads")
+        .to_owned();
     drop(res);
-    let gone = std::time::Instant::now();
-    loop {
-        if run(count.clone()).await[1]["text"] == "0" {
-            break;
-        }
-        assert!(
-            gone.elapsed() < Duration::from_secs(30),
-            "still running after its client left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The guest waits for its end (tail --pid), at most 30 s: 0 when it ended, 124 if not.
+    let waited = run(json!({
+        "command": format!("timeout 30 tail --pid={pid} -f /dev/null; echo $?")
+    }))
+    .await;
+    assert_eq!(
+        waited[1]["text"], "0",
+        "still running after its client left: {waited:?}"
+    );
 
     // Renew: later only.
     let (status, r) = api
